@@ -1,0 +1,210 @@
+#!/usr/bin/env bash
+# The local stack without Docker: PostgreSQL from Debian's packages and a single-node
+# Apache Kafka 4.x (KRaft broker + controller) from the Maven Central jars.
+#
+#   scripts/stack.sh up      install what is missing, start both, wait until they answer
+#   scripts/stack.sh down    stop both (data is kept)
+#   scripts/stack.sh status  say what runs
+#   scripts/stack.sh env     print the URLs the tests and the demo use
+#
+# Idempotent: `up` reuses whatever already answers. Everything of Kafka's lives under
+# $STACK_DIR (default target/stack); PostgreSQL is Debian's cluster, run as `postgres`.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+STACK_DIR=${STACK_DIR:-$ROOT/target/stack}
+KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
+LOG4J_VERSION=2.24.3
+KAFKA_DIR=$STACK_DIR/kafka
+KAFKA_PORT=9092
+CONTROLLER_PORT=9093
+PG_PORT=5432
+PG_PASSWORD=${PG_PASSWORD:-postgres}
+PG_DB=${PG_DB:-order_cdc}
+DATABASE_URL="postgres://postgres:${PG_PASSWORD}@127.0.0.1:${PG_PORT}/${PG_DB}"
+BROKERS="127.0.0.1:${KAFKA_PORT}"
+
+log() { printf 'stack: %s\n' "$*" >&2; }
+die() { log "$*"; exit 1; }
+
+as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
+
+apt_install() {
+  log "installing $* from Debian's packages"
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+# Wait for a condition with a deadline (seconds); never a bare sleep as synchronisation.
+wait_for() {
+  local what=$1 deadline=$2; shift 2
+  local end=$((SECONDS + deadline))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || return 1
+    sleep 0.5
+  done
+  log "$what is ready"
+}
+
+# ---------------------------------------------------------------- PostgreSQL
+pg_version() { ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1; }
+
+pg_answers() { PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p $PG_PORT -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; }
+
+pg_up() {
+  if pg_answers; then log "PostgreSQL already answers on $PG_PORT"; else
+    command -v pg_ctlcluster >/dev/null && [ -n "$(pg_version)" ] || apt_install postgresql postgresql-client
+    local v; v=$(pg_version)
+    pg_lsclusters -h | awk '{print $1" "$2}' | grep -qx "$v main" || as_root pg_createcluster "$v" main >/dev/null
+    # Tuned for a test box: the data is disposable, commits need not reach the disk.
+    local conf=/etc/postgresql/$v/main/conf.d/order-cdc.conf
+    if [ ! -f "$conf" ]; then
+      as_root tee "$conf" >/dev/null <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_PORT
+max_connections = 200
+synchronous_commit = off
+fsync = off
+full_page_writes = off
+shared_buffers = 512MB
+CONF
+    fi
+    pg_lsclusters -h | awk -v v="$v" '$1==v && $2=="main" {print $4}' | grep -q online \
+      || as_root pg_ctlcluster "$v" main start \
+      || { tail -n 30 "/var/log/postgresql/postgresql-$v-main.log" >&2; die "PostgreSQL did not start"; }
+    # Password login over TCP (the Debian pg_hba uses scram for 127.0.0.1).
+    wait_for "PostgreSQL socket" 60 as_postgres psql -Atqc 'select 1' || die "PostgreSQL did not answer"
+    as_postgres psql -qc "ALTER ROLE postgres PASSWORD '$PG_PASSWORD'" >/dev/null
+    wait_for "PostgreSQL" 30 pg_answers || die "PostgreSQL refuses TCP logins"
+  fi
+  PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -U postgres -d postgres -Atqc \
+    "select 1 from pg_database where datname = '$PG_DB'" | grep -q 1 \
+    || PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -U postgres -d postgres -qc "CREATE DATABASE $PG_DB" >/dev/null
+}
+
+pg_down() {
+  local v; v=$(pg_version)
+  [ -n "$v" ] && as_root pg_ctlcluster "$v" main stop 2>/dev/null || true
+}
+
+# ---------------------------------------------------------------- Kafka
+kafka_cp() { echo "$KAFKA_DIR/libs/*"; }
+
+kafka_answers() {
+  # Ready means a metadata request succeeds, not merely an open port.
+  java -Xmx128m -cp "$(kafka_cp)" org.apache.kafka.tools.TopicCommand \
+    --bootstrap-server "$BROKERS" --list >/dev/null 2>&1
+}
+
+kafka_install() {
+  [ -f "$KAFKA_DIR/libs/kafka_2.13-$KAFKA_VERSION.jar" ] && [ -f "$KAFKA_DIR/libs/kafka-tools-$KAFKA_VERSION.jar" ] && return
+  command -v java >/dev/null || apt_install openjdk-17-jre-headless
+  command -v mvn >/dev/null || apt_install maven
+  log "fetching Apache Kafka $KAFKA_VERSION jars with Maven (cached in ~/.m2 after the first time)"
+  mkdir -p "$KAFKA_DIR"
+  cat > "$KAFKA_DIR/pom.xml" <<POM
+<project xmlns="http://maven.apache.org/POM/4.0.0">
+  <modelVersion>4.0.0</modelVersion>
+  <groupId>local.order-cdc</groupId><artifactId>kafka-stack</artifactId><version>1</version>
+  <dependencies>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka_2.13</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.kafka</groupId><artifactId>kafka-tools</artifactId><version>$KAFKA_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-slf4j-impl</artifactId><version>$LOG4J_VERSION</version></dependency>
+    <dependency><groupId>org.apache.logging.log4j</groupId><artifactId>log4j-core</artifactId><version>$LOG4J_VERSION</version></dependency>
+  </dependencies>
+</project>
+POM
+  rm -rf "$KAFKA_DIR/libs"
+  (cd "$KAFKA_DIR" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_DIR/libs") \
+    || die "Maven could not fetch the Kafka jars"
+}
+
+kafka_configure() {
+  mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
+  cat > "$KAFKA_DIR/server.properties" <<PROPS
+process.roles=broker,controller
+node.id=1
+controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
+listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT,CONTROLLER://127.0.0.1:$CONTROLLER_PORT
+advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
+log.dirs=$KAFKA_DIR/data
+num.partitions=1
+auto.create.topics.enable=true
+offsets.topic.replication.factor=1
+transaction.state.log.replication.factor=1
+transaction.state.log.min.isr=1
+share.coordinator.state.topic.replication.factor=1
+share.coordinator.state.topic.min.isr=1
+group.initial.rebalance.delay.ms=0
+PROPS
+  cat > "$KAFKA_DIR/log4j2.yaml" <<'YAML'
+Configuration:
+  Appenders:
+    Console:
+      name: STDOUT
+      PatternLayout:
+        pattern: "[%d] %p %m (%c)%n"
+  Loggers:
+    Root:
+      level: INFO
+      AppenderRef:
+        - ref: STDOUT
+YAML
+  if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+    local id; id=$(java -cp "$(kafka_cp)" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
+    java -cp "$(kafka_cp)" kafka.tools.StorageTool format --standalone -t "$id" \
+      -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/logs/format.log" 2>&1 \
+      || { cat "$KAFKA_DIR/logs/format.log" >&2; die "formatting Kafka storage failed"; }
+  fi
+}
+
+kafka_pid() { local p; p=$(cat "$KAFKA_DIR/kafka.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && echo "$p"; }
+
+kafka_up() {
+  if kafka_pid >/dev/null; then
+    kafka_install
+    wait_for "Kafka" 90 kafka_answers || { tail -n 30 "$KAFKA_DIR/logs/server.log" >&2; die "Kafka runs but does not answer"; }
+    return
+  fi
+  kafka_install
+  kafka_configure
+  log "starting Kafka $KAFKA_VERSION on $BROKERS (log: $KAFKA_DIR/logs/server.log)"
+  nohup java -Xmx1g -Xms256m -XX:+UseG1GC -Djava.awt.headless=true \
+    -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.yaml" \
+    -cp "$(kafka_cp)" kafka.Kafka "$KAFKA_DIR/server.properties" \
+    >>"$KAFKA_DIR/logs/server.log" 2>&1 </dev/null &
+  echo $! >"$KAFKA_DIR/kafka.pid"
+  wait_for "Kafka" 120 kafka_answers || { tail -n 30 "$KAFKA_DIR/logs/server.log" >&2; die "Kafka did not start"; }
+}
+
+kafka_down() {
+  local p; p=$(kafka_pid) || return 0
+  kill "$p"
+  local end=$((SECONDS + 60))
+  while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.5; done
+  kill -9 "$p" 2>/dev/null || true
+  rm -f "$KAFKA_DIR/kafka.pid"
+}
+
+# ---------------------------------------------------------------- commands
+print_env() {
+  echo "ORDER_CDC_TEST_DATABASE_URL=$DATABASE_URL"
+  echo "ORDER_CDC_TEST_BROKERS=$BROKERS"
+  echo "ORDER_CDC_STACK_SCRIPT=$ROOT/scripts/stack.sh"
+}
+
+case "${1:-}" in
+  up) pg_up; kafka_up; print_env ;;
+  down) kafka_down; pg_down; log "stopped" ;;
+  kafka-up) kafka_up ;;
+  kafka-down) kafka_down ;;
+  status)
+    pg_answers && log "PostgreSQL: up ($DATABASE_URL)" || log "PostgreSQL: down"
+    kafka_pid >/dev/null && kafka_answers && log "Kafka: up ($BROKERS)" || log "Kafka: down" ;;
+  env) print_env ;;
+  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+esac

@@ -1,0 +1,420 @@
+//! The configuration: built-in defaults (`config/default.toml`), then `--config FILE`, then
+//! `ORDER_CDC__SECTION__KEY` environment variables, deserialised into typed structs. The
+//! structs are the reference: every field says what it does and what it defaults to.
+//!
+//! A bad configuration is one line that names the key: serde and the `config` crate name
+//! the key for type errors, and [`Config::validate`] does the same for value rules.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::secret::SecretUrl;
+
+const DEFAULTS: &str = include_str!("../config/default.toml");
+const ENV_PREFIX: &str = "ORDER_CDC";
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("configuration: {0}")]
+    Load(#[from] config::ConfigError),
+    #[error("configuration: {key}: {reason}")]
+    Invalid { key: String, reason: String },
+}
+
+fn invalid(key: impl Into<String>, reason: impl Into<String>) -> ConfigError {
+    ConfigError::Invalid { key: key.into(), reason: reason.into() }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    pub kafka: KafkaConfig,
+    pub metrics: MetricsConfig,
+    pub checkpoint: CheckpointConfig,
+    pub log: LogConfig,
+    pub run: RunConfig,
+    /// The reference-schema database that `migrate` and `demo-load` work on.
+    #[serde(default)]
+    pub database: Option<DatabaseConfig>,
+    /// One table per pipeline, keyed by the pipeline's name.
+    #[serde(default)]
+    pub pipelines: BTreeMap<String, PipelineConfig>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KafkaConfig {
+    /// `bootstrap.servers`.
+    pub brokers: String,
+    /// Any librdkafka property, passed to every producer; these win over order-cdc's own
+    /// settings. Values that name a password or secret never print.
+    #[serde(default)]
+    pub properties: BTreeMap<String, String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsConfig {
+    /// Where `/metrics`, `/health/live` and `/health/ready` listen.
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    pub store: CheckpointStoreKind,
+    /// The file store's directory: one `<pipeline>.json` each.
+    pub dir: PathBuf,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CheckpointStoreKind {
+    File,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogConfig {
+    pub format: LogFormat,
+    /// A `tracing` filter; `RUST_LOG` wins when set.
+    pub level: String,
+}
+
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// On SIGTERM / ctrl-c, how long in-flight deliveries may take to be acknowledged and
+    /// committed before the process exits anyway (nothing unacknowledged is committed).
+    #[serde(with = "humantime_serde")]
+    pub shutdown_timeout: Duration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DatabaseConfig {
+    pub url: SecretUrl,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PipelineConfig {
+    /// The topic every change event goes to.
+    pub topic: String,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub envelope: Envelope,
+    /// Rows per source page, and so events per checkpoint commit.
+    #[serde(default = "default_batch_size")]
+    pub batch_size: usize,
+    /// How long a daemon waits between the starts of two runs once it has caught up.
+    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    pub poll_interval: Duration,
+    /// Batches published but not yet acknowledged (the prefetch depth).
+    #[serde(default = "default_max_in_flight_batches")]
+    pub max_in_flight_batches: usize,
+    /// Partitions of the topic when order-cdc creates it (it never alters an existing one).
+    #[serde(default = "default_partitions")]
+    pub partitions: i32,
+    /// Replication factor when creating topics; -1 takes the broker's default.
+    #[serde(default = "default_replication_factor")]
+    pub replication_factor: i32,
+    /// Where records that cannot become events go; default `<topic>.dlq`.
+    #[serde(default)]
+    pub dead_letter_topic: Option<String>,
+    #[serde(default)]
+    pub on_bad_record: OnBadRecord,
+    /// Where a pipeline without a checkpoint starts (any format `checkpoint set` takes);
+    /// default the Unix epoch, i.e. a full snapshot first.
+    #[serde(default)]
+    pub initial_since: Option<String>,
+    /// The CloudEvents `source` attribute; default derived from the source (URL without
+    /// credentials, plus the table).
+    #[serde(default)]
+    pub event_source: Option<String>,
+    pub source: SourceConfig,
+}
+
+fn default_batch_size() -> usize {
+    1000
+}
+fn default_poll_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_max_in_flight_batches() -> usize {
+    4
+}
+fn default_partitions() -> i32 {
+    6
+}
+fn default_replication_factor() -> i32 {
+    -1
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Delivery {
+    #[default]
+    AtLeastOnce,
+    ExactlyOnce,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum Envelope {
+    /// CloudEvents binary mode: the document is the value, attributes are `ce_*` headers.
+    #[default]
+    Binary,
+    /// CloudEvents structured mode: `{"specversion":…,"data":{…}}` is the value.
+    Structured,
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum OnBadRecord {
+    /// Publish it to the dead-letter topic with the reason in a header and go on.
+    #[default]
+    DeadLetter,
+    /// Stop the pipeline before the bad record's checkpoint.
+    Fail,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SourceConfig {
+    Postgres(PostgresSourceConfig),
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PostgresSourceConfig {
+    /// `postgres://user:password@host:port/db` (or key=value); the password never prints.
+    pub url: SecretUrl,
+    /// The table, optionally schema-qualified.
+    #[serde(default = "default_table")]
+    pub table: String,
+    #[serde(default = "default_id_column")]
+    pub id_column: String,
+    /// A `timestamptz` (or `timestamp`, read as UTC) column the writers set on every change.
+    #[serde(default = "default_updated_at_column")]
+    pub updated_at_column: String,
+    /// An SQL predicate over alias `t`; rows that fail it are never read.
+    #[serde(default)]
+    pub filter: Option<String>,
+    /// `export` (the seed-001 document of the reference schema), `row` (the whole row as
+    /// JSON), or an SQL expression over alias `t` that yields json/jsonb/text. Default:
+    /// `export` for a table named `sales_orders`, `row` otherwise.
+    #[serde(default)]
+    pub document: Option<String>,
+    /// An SQL predicate over alias `t` that marks a row as deleted: it becomes a
+    /// `sales_order.deleted` event (a tombstone in binary mode). Default for the `export`
+    /// document: `t.status IS DISTINCT FROM 'Active'`; otherwise none.
+    #[serde(default)]
+    pub deleted: Option<String>,
+    #[serde(default)]
+    pub cutoff: CutoffKind,
+    /// `cutoff = "lag"`: the cutoff is the database clock minus this. Also the fallback
+    /// when the role cannot see other sessions' transactions.
+    #[serde(default = "default_cutoff_lag", with = "humantime_serde")]
+    pub cutoff_lag: Duration,
+    /// `cutoff = "xact"`: the longest the cutoff is held back by one open transaction;
+    /// beyond it the run goes on (with a warning) and that transaction's rows may be late.
+    #[serde(default = "default_cutoff_max_hold", with = "humantime_serde")]
+    pub cutoff_max_hold: Duration,
+    /// Seconds to connect before giving up with an error.
+    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    pub connect_timeout: Duration,
+}
+
+fn default_table() -> String {
+    "sales_orders".into()
+}
+fn default_id_column() -> String {
+    "id".into()
+}
+fn default_updated_at_column() -> String {
+    "updated_at".into()
+}
+fn default_cutoff_lag() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_cutoff_max_hold() -> Duration {
+    Duration::from_secs(15 * 60)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum CutoffKind {
+    /// Hold the cutoff below the start of the oldest open transaction (late-commit guard).
+    #[default]
+    Xact,
+    /// A fixed lag behind the database clock, as timestamp pollers usually do.
+    Lag,
+}
+
+impl Config {
+    /// Loads the layers: defaults, the optional file, the environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        let mut builder = config::Config::builder()
+            .add_source(config::File::from_str(DEFAULTS, config::FileFormat::Toml));
+        if let Some(path) = file {
+            if !path.exists() {
+                return Err(invalid("--config", format!("{} does not exist", path.display())));
+            }
+            builder = builder.add_source(config::File::from(path));
+        }
+        let env = config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__");
+        let mut cfg: Config = builder.add_source(env).build()?.try_deserialize()?;
+        cfg.normalise_env_properties();
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    /// librdkafka property names contain dots, which the environment layer cannot carry
+    /// (a dot would start a new key), so `COMPRESSION_TYPE` arrives as `compression_type`:
+    /// librdkafka has no property with an underscore, so turn them back into dots.
+    fn normalise_env_properties(&mut self) {
+        let props = std::mem::take(&mut self.kafka.properties);
+        self.kafka.properties = props.into_iter().map(|(k, v)| (k.replace('_', "."), v)).collect();
+    }
+
+    /// Value rules the types cannot express. Each error names its key.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.kafka.brokers.trim().is_empty() {
+            return Err(invalid("kafka.brokers", "must name at least one broker"));
+        }
+        for (name, p) in &self.pipelines {
+            let key = |k: &str| format!("pipelines.{name}.{k}");
+            if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
+                return Err(invalid(format!("pipelines.{name}"), "a pipeline name is letters, digits, '-' and '_'"));
+            }
+            if p.topic.trim().is_empty() {
+                return Err(invalid(key("topic"), "must not be empty"));
+            }
+            if !(1..=100_000).contains(&p.batch_size) {
+                return Err(invalid(key("batch_size"), "must be between 1 and 100000"));
+            }
+            if p.max_in_flight_batches == 0 {
+                return Err(invalid(key("max_in_flight_batches"), "must be at least 1"));
+            }
+            if p.partitions < 1 {
+                return Err(invalid(key("partitions"), "must be at least 1"));
+            }
+            if p.delivery == Delivery::ExactlyOnce {
+                return Err(invalid(key("delivery"), "exactly_once is not implemented yet; use at_least_once"));
+            }
+            if let Some(since) = &p.initial_since {
+                crate::timestamp::parse(since).map_err(|e| invalid(key("initial_since"), e))?;
+            }
+            match &p.source {
+                SourceConfig::Postgres(s) => {
+                    if s.url.expose().trim().is_empty() {
+                        return Err(invalid(key("source.url"), "must not be empty"));
+                    }
+                    for (k, v) in [("table", &s.table), ("id_column", &s.id_column), ("updated_at_column", &s.updated_at_column)] {
+                        if v.trim().is_empty() {
+                            return Err(invalid(key(&format!("source.{k}")), "must not be empty"));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// The pipelines to run: all, or the ones named (each must exist).
+    pub fn select_pipelines(&self, names: &[String]) -> Result<Vec<(&String, &PipelineConfig)>, ConfigError> {
+        if self.pipelines.is_empty() {
+            return Err(invalid("pipelines", "no pipeline is configured"));
+        }
+        if names.is_empty() {
+            return Ok(self.pipelines.iter().collect());
+        }
+        names
+            .iter()
+            .map(|n| {
+                self.pipelines.get_key_value(n).ok_or_else(|| {
+                    let known: Vec<_> = self.pipelines.keys().map(String::as_str).collect();
+                    invalid(format!("pipelines.{n}"), format!("no such pipeline (configured: {})", known.join(", ")))
+                })
+            })
+            .collect()
+    }
+
+    pub fn database_url(&self) -> Result<&SecretUrl, ConfigError> {
+        self.database.as_ref().map(|d| &d.url).ok_or_else(|| invalid("database.url", "missing (the database that migrate works on)"))
+    }
+}
+
+impl PipelineConfig {
+    pub fn dead_letter_topic(&self) -> String {
+        self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_str(toml: &str) -> Result<Config, ConfigError> {
+        let mut f = tempfile::Builder::new().suffix(".toml").tempfile().unwrap();
+        f.write_all(toml.as_bytes()).unwrap();
+        Config::load(Some(f.path()))
+    }
+
+    const PIPELINE: &str = r#"
+[pipelines.orders]
+topic = "orders"
+[pipelines.orders.source]
+kind = "postgres"
+url = "postgres://u:secret@127.0.0.1/db"
+"#;
+
+    #[test]
+    fn defaults_fill_everything_but_the_pipeline() {
+        let c = load_str(PIPELINE).unwrap();
+        let p = &c.pipelines["orders"];
+        assert_eq!(p.batch_size, 1000);
+        assert_eq!(p.poll_interval, Duration::from_secs(5));
+        assert_eq!(p.dead_letter_topic(), "orders.dlq");
+        assert_eq!(c.kafka.properties["compression.type"], "lz4");
+        let SourceConfig::Postgres(s) = &p.source;
+        assert_eq!(s.table, "sales_orders");
+        assert_eq!(s.cutoff, CutoffKind::Xact);
+    }
+
+    fn err(toml: &str) -> String {
+        load_str(toml).unwrap_err().to_string()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err(&PIPELINE.replace("kind = \"postgres\"", "kind = \"mysql\""));
+        assert!(e.contains("mysql") && e.contains("pipelines.orders.source"), "{e}");
+        let e = err(&PIPELINE.replace("url = \"postgres://u:secret@127.0.0.1/db\"", ""));
+        assert!(e.contains("url") && e.contains("pipelines.orders.source"), "{e}");
+        let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\npoll_interval = \"soon\""));
+        assert!(e.contains("pipelines.orders.poll_interval"), "{e}");
+        let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\nbatch_size = 0"));
+        assert!(e.contains("pipelines.orders.batch_size"), "{e}");
+        let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\nbatchsize = 10"));
+        assert!(e.contains("batchsize"), "{e}");
+        assert!(!e.contains("secret"), "{e}");
+    }
+}

@@ -1,0 +1,205 @@
+//! Prometheus metrics and the health routes, served on `[metrics].listen`.
+//!
+//! Every family carries a `pipeline` label. Call sites hold a [`PipelineMetrics`] whose
+//! children are resolved once, so the hot path never looks a label up.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    Encoder, Gauge, GaugeVec, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec,
+    Opts, Registry, TextEncoder,
+};
+
+use crate::shutdown::Shutdown;
+
+/// The process-wide registry and metric families.
+pub struct Metrics {
+    registry: Registry,
+    events: IntCounterVec,
+    batches: IntCounterVec,
+    source_requests: IntCounterVec,
+    source_latency: HistogramVec,
+    delivery_latency: HistogramVec,
+    in_flight: IntGaugeVec,
+    commits: IntCounterVec,
+    lag: GaugeVec,
+    cutoff_holdback: GaugeVec,
+    errors: IntCounterVec,
+    health: Health,
+}
+
+/// What `/health/ready` answers: ready when every pipeline is running (or finished).
+#[derive(Clone, Default)]
+pub struct Health {
+    pipelines: Arc<Mutex<BTreeMap<String, PipelineState>>>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PipelineState {
+    Starting,
+    Running,
+    Finished,
+    Failed(String),
+}
+
+impl Health {
+    pub fn set(&self, pipeline: &str, state: PipelineState) {
+        self.pipelines.lock().expect("health lock").insert(pipeline.to_string(), state);
+    }
+
+    fn report(&self) -> (bool, String) {
+        let states = self.pipelines.lock().expect("health lock");
+        let ready = states.values().all(|s| matches!(s, PipelineState::Running | PipelineState::Finished));
+        let body = serde_json::json!({
+            "ready": ready,
+            "pipelines": states.iter().map(|(name, s)| {
+                let (state, reason) = match s {
+                    PipelineState::Starting => ("starting", None),
+                    PipelineState::Running => ("running", None),
+                    PipelineState::Finished => ("finished", None),
+                    PipelineState::Failed(r) => ("failed", Some(r.as_str())),
+                };
+                (name.clone(), serde_json::json!({"state": state, "reason": reason}))
+            }).collect::<serde_json::Map<_, _>>(),
+        });
+        (ready, body.to_string())
+    }
+}
+
+fn counter(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(c.clone())).expect("unique metric");
+    c
+}
+
+fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeVec {
+    let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
+fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
+    let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
+    registry.register(Box::new(h.clone())).expect("unique metric");
+    h
+}
+
+impl Metrics {
+    pub fn new() -> Arc<Self> {
+        let registry = Registry::new();
+        let r = &registry;
+        let build = IntGaugeVec::new(Opts::new("order_cdc_build_info", "Build of the running binary."), &["version"]).expect("valid metric");
+        registry.register(Box::new(build.clone())).expect("unique metric");
+        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
+        let in_flight = IntGaugeVec::new(Opts::new("order_cdc_in_flight_events", "Events sent to Kafka and not yet acknowledged."), &["pipeline"]).expect("valid metric");
+        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        Arc::new(Self {
+            events: counter(r, "order_cdc_events_total", "Events by outcome: delivered, dead_lettered, failed.", &["pipeline", "outcome"]),
+            batches: counter(r, "order_cdc_batches_total", "Batches whose every event was acknowledged and whose position was committed.", &["pipeline"]),
+            source_requests: counter(r, "order_cdc_source_requests_total", "Source requests (queries or HTTP calls) by status.", &["pipeline", "status"]),
+            source_latency: histogram(r, "order_cdc_source_request_duration_seconds", "Latency of one source request (one page).", &["pipeline"]),
+            delivery_latency: histogram(r, "order_cdc_delivery_duration_seconds", "From sending a batch to its last acknowledgement.", &["pipeline"]),
+            in_flight,
+            commits: counter(r, "order_cdc_checkpoint_commits_total", "Checkpoint commits.", &["pipeline"]),
+            lag: gauge(r, "order_cdc_lag_seconds", "Now minus the newest committed updated_at.", &["pipeline"]),
+            cutoff_holdback: gauge(r, "order_cdc_cutoff_holdback_seconds", "How far the run's cutoff is held below the database clock (late-commit guard or lag).", &["pipeline"]),
+            errors: counter(r, "order_cdc_errors_total", "Errors by kind.", &["pipeline", "kind"]),
+            registry,
+            health: Health::default(),
+        })
+    }
+
+    pub fn health(&self) -> Health {
+        self.health.clone()
+    }
+
+    pub fn pipeline(self: &Arc<Self>, name: &str) -> PipelineMetrics {
+        PipelineMetrics {
+            name: name.to_string(),
+            delivered: self.events.with_label_values(&[name, "delivered"]),
+            dead_lettered: self.events.with_label_values(&[name, "dead_lettered"]),
+            failed: self.events.with_label_values(&[name, "failed"]),
+            batches: self.batches.with_label_values(&[name]),
+            source_latency: self.source_latency.with_label_values(&[name]),
+            delivery_latency: self.delivery_latency.with_label_values(&[name]),
+            in_flight: self.in_flight.with_label_values(&[name]),
+            commits: self.commits.with_label_values(&[name]),
+            lag: self.lag.with_label_values(&[name]),
+            cutoff_holdback: self.cutoff_holdback.with_label_values(&[name]),
+            families: self.clone(),
+        }
+    }
+
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        TextEncoder::new().encode(&self.registry.gather(), &mut buf).expect("text encoding");
+        String::from_utf8(buf).expect("prometheus text is UTF-8")
+    }
+}
+
+/// One pipeline's metrics, labels resolved.
+#[derive(Clone)]
+pub struct PipelineMetrics {
+    name: String,
+    pub delivered: IntCounter,
+    pub dead_lettered: IntCounter,
+    pub failed: IntCounter,
+    pub batches: IntCounter,
+    pub source_latency: Histogram,
+    pub delivery_latency: Histogram,
+    pub in_flight: IntGauge,
+    pub commits: IntCounter,
+    pub lag: Gauge,
+    pub cutoff_holdback: Gauge,
+    families: Arc<Metrics>,
+}
+
+impl PipelineMetrics {
+    pub fn source_request(&self, status: &str) {
+        self.families.source_requests.with_label_values(&[&self.name, status]).inc();
+    }
+
+    pub fn error(&self, kind: &str) {
+        self.families.errors.with_label_values(&[&self.name, kind]).inc();
+    }
+
+    pub fn set_state(&self, state: PipelineState) {
+        self.families.health.set(&self.name, state);
+    }
+}
+
+async fn render(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], m.render())
+}
+
+async fn live() -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, "application/json")], r#"{"live":true}"#)
+}
+
+async fn ready(State(m): State<Arc<Metrics>>) -> impl IntoResponse {
+    let (ready, body) = m.health.report();
+    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    (status, [(header::CONTENT_TYPE, "application/json")], body)
+}
+
+/// Binds the metrics listener (so a taken port fails start-up) and serves it until shutdown.
+pub async fn serve(metrics: Arc<Metrics>, listen: SocketAddr, mut shutdown: Shutdown) -> std::io::Result<tokio::task::JoinHandle<()>> {
+    let listener = tokio::net::TcpListener::bind(listen).await?;
+    tracing::info!(address = %listener.local_addr()?, "serving /metrics and /health");
+    let app = Router::new()
+        .route("/metrics", get(render))
+        .route("/health/live", get(live))
+        .route("/health/ready", get(ready))
+        .with_state(metrics);
+    Ok(tokio::spawn(async move {
+        let _ = axum::serve(listener, app).with_graceful_shutdown(async move { shutdown.wait().await }).await;
+    }))
+}

@@ -1,0 +1,265 @@
+//! The pipeline: fetch a page → send every event → await every acknowledgement → commit
+//! the page's position. The next page is fetched and sent while earlier ones are in
+//! flight (at most `max_in_flight_batches`), and positions are committed strictly in
+//! order, so the checkpoint never passes an event the broker has not acknowledged.
+//!
+//! A failed delivery stops committing at once: the attempt ends, the producer is rebuilt
+//! where librdkafka calls the error fatal, and the pipeline resumes from the last
+//! committed position (duplicates, never loss).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use tokio::sync::mpsc;
+
+use crate::backoff::Backoff;
+use crate::checkpoint::{self, Checkpoint, CheckpointError, FileStore};
+use crate::config::{KafkaConfig, OnBadRecord};
+use crate::event::EventFormat;
+use crate::metrics::{PipelineMetrics, PipelineState};
+use crate::shutdown::Shutdown;
+use crate::sink::kafka::{Pending, PublishError, Publisher};
+use crate::source::{Batch, RecordBody, Source, SourceError};
+
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    #[error(transparent)]
+    Source(#[from] SourceError),
+    #[error(transparent)]
+    Publish(#[from] PublishError),
+    #[error(transparent)]
+    Checkpoint(#[from] CheckpointError),
+    #[error("order {key} cannot become an event ({reason}); on_bad_record = \"fail\" stops the pipeline here")]
+    BadRecord { key: String, reason: String },
+}
+
+impl PipelineError {
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Source(e) => e.is_retriable(),
+            Self::Publish(e) => e.is_retriable(),
+            Self::Checkpoint(_) | Self::BadRecord { .. } => false,
+        }
+    }
+
+    /// The `kind` label of `order_cdc_errors_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Self::Source(_) => "source",
+            Self::Publish(PublishError::Delivery(_) | PublishError::Canceled) => "delivery",
+            Self::Publish(_) => "kafka",
+            Self::Checkpoint(_) => "checkpoint",
+            Self::BadRecord { .. } => "bad_record",
+        }
+    }
+}
+
+/// Everything needed to (re)build a pipeline's producer.
+pub struct PublisherSpec {
+    pub kafka: KafkaConfig,
+    pub format: EventFormat,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+}
+
+impl PublisherSpec {
+    pub async fn connect(&self) -> Result<Publisher, PublishError> {
+        Publisher::connect(&self.kafka, self.format.clone(), &self.topic, &self.dead_letter_topic, self.partitions, self.replication_factor).await
+    }
+}
+
+pub struct Settings {
+    pub poll_interval: Duration,
+    pub max_in_flight_batches: usize,
+    pub on_bad_record: OnBadRecord,
+    pub initial_since: DateTime<Utc>,
+}
+
+pub struct Pipeline<S: Source> {
+    pub name: String,
+    pub source: S,
+    /// The source's identity: its checkpoints carry its fingerprint.
+    pub source_identity: String,
+    pub publisher: Publisher,
+    pub publisher_spec: PublisherSpec,
+    pub store: FileStore,
+    pub settings: Settings,
+    pub metrics: PipelineMetrics,
+}
+
+/// A batch whose events are in flight.
+struct InFlight {
+    pending: Vec<Pending>,
+    position: serde_json::Value,
+    watermark: Option<DateTime<Utc>>,
+    sent_at: Instant,
+}
+
+impl<S: Source> Pipeline<S> {
+    /// Runs until shutdown, a permanent error, or (`once`) the end of a run with a fresh
+    /// cutoff.
+    pub async fn run(mut self, once: bool, mut shutdown: Shutdown) -> Result<(), PipelineError> {
+        let mut backoff = Backoff::default();
+        self.metrics.set_state(PipelineState::Running);
+        loop {
+            let checkpoint = checkpoint::load_for(&self.store, &self.name, &self.source_identity)?;
+            self.source.restore(checkpoint.as_ref().map(|c| &c.position), self.settings.initial_since)?;
+            let result = self.attempt(once, shutdown.clone()).await;
+            let error = match result {
+                Ok(()) => return Ok(()),
+                Err(e) if e.is_retriable() && !shutdown.is_triggered() => e,
+                Err(e) => return Err(e),
+            };
+            self.metrics.error(error.kind());
+            tracing::warn!(pipeline = %self.name, error = %error, "resuming from the last checkpoint");
+            tokio::select! {
+                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+            if let Some(fatal) = self.publisher.fatal_error() {
+                tracing::warn!(pipeline = %self.name, error = %fatal, "the producer hit a fatal error; building a new one");
+                self.publisher = loop {
+                    match self.publisher_spec.connect().await {
+                        Ok(p) => break p,
+                        Err(e) => {
+                            self.metrics.error("kafka");
+                            tracing::warn!(pipeline = %self.name, error = %e, "rebuilding the producer failed; retrying");
+                            tokio::select! {
+                                _ = tokio::time::sleep(backoff.next_delay()) => {}
+                                _ = shutdown.wait() => return Ok(()),
+                            }
+                        }
+                    }
+                };
+            }
+        }
+    }
+
+    /// One attempt: feed batches to Kafka and commit them in order until something fails.
+    async fn attempt(&mut self, once: bool, shutdown: Shutdown) -> Result<(), PipelineError> {
+        let (tx, rx) = mpsc::channel::<InFlight>(self.settings.max_in_flight_batches);
+        let feed = feed(&mut self.source, &self.publisher, &self.settings, &self.metrics, tx, once, shutdown);
+        let commit = commit(&self.store, &self.name, &self.source_identity, &self.metrics, rx);
+        tokio::pin!(feed, commit);
+        tokio::select! {
+            fed = &mut feed => {
+                // The feed is done (its sender dropped): commit what is in flight, then
+                // report the first problem.
+                let committed = commit.await;
+                committed.and(fed)
+            }
+            committed = &mut commit => {
+                // The committer only stops early on a failed delivery or commit; the feed
+                // is dropped with it, so nothing past the failure is fetched.
+                committed?;
+                feed.await
+            }
+        }
+    }
+}
+
+async fn feed<S: Source>(
+    source: &mut S,
+    publisher: &Publisher,
+    settings: &Settings,
+    metrics: &PipelineMetrics,
+    tx: mpsc::Sender<InFlight>,
+    once: bool,
+    mut shutdown: Shutdown,
+) -> Result<(), PipelineError> {
+    let mut backoff = Backoff::default();
+    let mut run_started = Instant::now();
+    loop {
+        if shutdown.is_triggered() {
+            return Ok(());
+        }
+        let batch: Batch = tokio::select! {
+            fetched = source.next_batch() => match fetched {
+                Ok(batch) => { backoff.reset(); batch }
+                Err(e) if e.is_retriable() => {
+                    metrics.error("source");
+                    tracing::warn!(error = %e, "source request failed; retrying");
+                    tokio::select! {
+                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                        _ = shutdown.wait() => return Ok(()),
+                    }
+                }
+                Err(e) => return Err(e.into()),
+            },
+            _ = shutdown.wait() => return Ok(()),
+        };
+        if settings.on_bad_record == OnBadRecord::Fail {
+            if let Some((key, reason)) = batch.records.iter().find_map(|r| match &r.body {
+                RecordBody::Bad { reason, .. } => Some((r.key.clone(), reason.clone())),
+                _ => None,
+            }) {
+                return Err(PipelineError::BadRecord { key, reason });
+            }
+        }
+        if let Some(holdback) = batch.cutoff_holdback {
+            metrics.cutoff_holdback.set(holdback.as_secs_f64());
+        }
+        let sent_at = Instant::now();
+        let pending = publisher.send_batch(&batch.records).await?;
+        metrics.in_flight.add(pending.len() as i64);
+        let in_flight = InFlight { pending, position: batch.position, watermark: batch.watermark, sent_at };
+        if tx.send(in_flight).await.is_err() {
+            return Ok(()); // the committer stopped; it reports why
+        }
+        if batch.ends_run {
+            if once && batch.fresh_run {
+                return Ok(());
+            }
+            // Caught up: start the next run a poll interval after this one started.
+            let next = run_started + settings.poll_interval;
+            tokio::select! {
+                _ = tokio::time::sleep_until(next.into()) => {}
+                _ = shutdown.wait() => return Ok(()),
+            }
+            run_started = Instant::now();
+        }
+    }
+}
+
+async fn commit(
+    store: &FileStore,
+    pipeline: &str,
+    source_identity: &str,
+    metrics: &PipelineMetrics,
+    mut rx: mpsc::Receiver<InFlight>,
+) -> Result<(), PipelineError> {
+    while let Some(batch) = rx.recv().await {
+        let (mut delivered, mut dead_lettered) = (0u64, 0u64);
+        let total = batch.pending.len();
+        for (i, pending) in batch.pending.into_iter().enumerate() {
+            match pending.delivery.await {
+                Ok(Ok(_)) if pending.dead_letter => dead_lettered += 1,
+                Ok(Ok(_)) => delivered += 1,
+                outcome => {
+                    metrics.in_flight.sub((total - i) as i64);
+                    metrics.failed.inc();
+                    return Err(match outcome {
+                        Ok(Err((e, _))) => PublishError::Delivery(e),
+                        _ => PublishError::Canceled,
+                    }
+                    .into());
+                }
+            }
+            metrics.in_flight.dec();
+        }
+        metrics.delivery_latency.observe(batch.sent_at.elapsed().as_secs_f64());
+        let cp = Checkpoint::new(pipeline, source_identity, batch.position);
+        let writer = store.clone();
+        tokio::task::spawn_blocking(move || writer.commit(&cp)).await.expect("checkpoint writer does not panic")?;
+        metrics.delivered.inc_by(delivered);
+        metrics.dead_lettered.inc_by(dead_lettered);
+        metrics.batches.inc();
+        metrics.commits.inc();
+        if let Some(w) = batch.watermark {
+            metrics.lag.set((Utc::now() - w).num_milliseconds().max(0) as f64 / 1000.0);
+        }
+    }
+    Ok(())
+}

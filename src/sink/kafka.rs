@@ -1,0 +1,191 @@
+//! The Kafka publisher: an idempotent rdkafka producer (acks=all, murmur2_random) that sends
+//! a whole batch without waiting, then hands back the batch's delivery futures. The
+//! pipeline awaits them all before it commits, after rust-rdkafka's at-least-once example.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::client::ClientContext;
+use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
+use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+
+use crate::config::KafkaConfig;
+use crate::event::{Event, EventFormat};
+use crate::source::{Record, RecordBody};
+
+const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum PublishError {
+    #[error("cannot reach Kafka at {brokers}: {source}")]
+    Unreachable { brokers: String, source: KafkaError },
+    #[error("cannot create topic {topic}: {reason}")]
+    Topic { topic: String, reason: String },
+    #[error("invalid Kafka producer configuration: {0}")]
+    Config(KafkaError),
+    #[error("Kafka refused a message: {0}")]
+    Send(KafkaError),
+    #[error("Kafka did not acknowledge a message: {0}")]
+    Delivery(KafkaError),
+    #[error("the producer went away before reporting a delivery")]
+    Canceled,
+}
+
+impl PublishError {
+    /// A failed or lost delivery is retried from the last checkpoint; a bad configuration
+    /// or an unreachable cluster at start-up is not.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Send(_) | Self::Delivery(_) | Self::Canceled)
+    }
+}
+
+/// Routes librdkafka's own logs into `tracing`. Until the first successful metadata
+/// request its connection errors are debug lines: start-up reports an unreachable cluster
+/// itself, in one line. After that they are warnings an operator should see.
+struct LoggingContext {
+    pipeline: String,
+    started: Arc<AtomicBool>,
+}
+
+impl ClientContext for LoggingContext {
+    fn log(&self, level: RDKafkaLogLevel, facility: &str, message: &str) {
+        match level {
+            RDKafkaLogLevel::Emerg | RDKafkaLogLevel::Alert | RDKafkaLogLevel::Critical | RDKafkaLogLevel::Error
+                if self.started.load(Ordering::Relaxed) =>
+            {
+                tracing::error!(pipeline = %self.pipeline, facility, "librdkafka: {message}")
+            }
+            _ => tracing::debug!(pipeline = %self.pipeline, facility, "librdkafka: {message}"),
+        }
+    }
+
+    fn error(&self, error: KafkaError, reason: &str) {
+        if self.started.load(Ordering::Relaxed) {
+            tracing::warn!(pipeline = %self.pipeline, error = %error, "Kafka: {reason}");
+        } else {
+            tracing::debug!(pipeline = %self.pipeline, error = %error, "Kafka: {reason}");
+        }
+    }
+}
+
+/// One event in flight and what it is, for counting once it is acknowledged.
+pub struct Pending {
+    pub delivery: DeliveryFuture,
+    pub dead_letter: bool,
+}
+
+pub struct Publisher {
+    producer: FutureProducer<LoggingContext>,
+    topic: String,
+    dead_letter_topic: String,
+    format: EventFormat,
+}
+
+/// The producer settings order-cdc needs for its guarantees, then the user's properties.
+fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
+    let mut cfg = ClientConfig::new();
+    cfg.set("bootstrap.servers", &kafka.brokers)
+        .set("client.id", format!("order-cdc.{pipeline}"))
+        .set("enable.idempotence", "true")
+        .set("acks", "all")
+        // Java clients place keys with murmur2: the same order lands on the same partition
+        // whichever client produced it.
+        .set("partitioner", "murmur2_random");
+    for (k, v) in &kafka.properties {
+        cfg.set(k, v);
+    }
+    cfg
+}
+
+impl Publisher {
+    /// Builds the producer, checks that the cluster answers and creates missing topics.
+    pub async fn connect(
+        kafka: &KafkaConfig,
+        format: EventFormat,
+        topic: &str,
+        dead_letter_topic: &str,
+        partitions: i32,
+        replication_factor: i32,
+    ) -> Result<Self, PublishError> {
+        let cfg = client_config(kafka, &format.pipeline);
+        let started = Arc::new(AtomicBool::new(false));
+        let producer: FutureProducer<LoggingContext> = cfg
+            .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
+            .map_err(PublishError::Config)?;
+        let probe = producer.clone();
+        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
+            .await
+            .expect("metadata probe does not panic")
+            .map_err(|source| PublishError::Unreachable { brokers: kafka.brokers.clone(), source })?;
+        started.store(true, Ordering::Relaxed);
+        ensure_topics(&cfg, &[topic, dead_letter_topic], partitions, replication_factor).await?;
+        Ok(Self { producer, topic: topic.to_string(), dead_letter_topic: dead_letter_topic.to_string(), format })
+    }
+
+    /// A fatal producer error (librdkafka's word): the producer must be rebuilt.
+    pub fn fatal_error(&self) -> Option<String> {
+        self.producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
+    }
+
+    /// Enqueues every record of a batch without awaiting any delivery; returns the
+    /// deliveries in the batch's order. Bad records go to the dead-letter topic.
+    pub async fn send_batch(&self, records: &[Record]) -> Result<Vec<Pending>, PublishError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            let (event, dead_letter) = match &record.body {
+                RecordBody::Bad { reason, raw } => (self.format.dead_letter(record, reason, raw), true),
+                _ => (self.format.encode(record), false),
+            };
+            let topic = if dead_letter { &self.dead_letter_topic } else { &self.topic };
+            let delivery = self.send(topic, event).await?;
+            pending.push(Pending { delivery, dead_letter });
+        }
+        Ok(pending)
+    }
+
+    async fn send(&self, topic: &str, event: Event<'_>) -> Result<DeliveryFuture, PublishError> {
+        let Event { key, value, headers } = event;
+        let mut message = FutureRecord::to(topic).key(key).headers(headers);
+        if let Some(value) = value.as_deref() {
+            message = message.payload(value);
+        }
+        loop {
+            match self.producer.send_result(message) {
+                Ok(delivery) => return Ok(delivery),
+                // librdkafka's local queue is full: give it a moment to drain to the broker.
+                Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
+                    message = back;
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err((e, _)) => return Err(PublishError::Send(e)),
+            }
+        }
+    }
+
+    /// Waits (bounded) for everything in librdkafka's queue to be delivered or to fail.
+    pub fn flush(&self, timeout: Duration) {
+        let _ = self.producer.flush(timeout);
+    }
+}
+
+async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), PublishError> {
+    let admin: AdminClient<_> = cfg.create().map_err(PublishError::Config)?;
+    let new: Vec<NewTopic> = topics
+        .iter()
+        .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)))
+        .collect();
+    let results = admin
+        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
+        .await
+        .map_err(|e| PublishError::Topic { topic: topics.join(", "), reason: e.to_string() })?;
+    for result in results {
+        match result {
+            Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
+            Err((topic, code)) => return Err(PublishError::Topic { topic, reason: code.to_string() }),
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,98 @@
+//! Sources: where changed orders come from. A source reads one page at a time from its
+//! read position and hands over a [`Batch`] with the position that resumes *after* it; the
+//! pipeline commits that position only once every event of the batch is acknowledged.
+
+pub mod postgres;
+
+use std::future::Future;
+
+use chrono::{DateTime, Utc};
+
+use crate::config::SourceConfig;
+
+/// One changed order, as the source gave it.
+#[derive(Debug, Clone)]
+pub struct Record {
+    /// The order id as text: the Kafka key and the CloudEvents subject.
+    pub key: String,
+    pub updated_at: DateTime<Utc>,
+    pub body: RecordBody,
+}
+
+#[derive(Debug, Clone)]
+pub enum RecordBody {
+    /// The order document, exactly the bytes the source produced (never re-encoded).
+    Document(String),
+    /// The order stopped being active or was deleted: a `sales_order.deleted` event.
+    Deleted,
+    /// It cannot become an event; it goes to the dead-letter topic with the reason.
+    Bad { reason: String, raw: Vec<u8> },
+}
+
+/// One page and the position after it.
+#[derive(Debug)]
+pub struct Batch {
+    pub records: Vec<Record>,
+    /// The position that resumes after this batch (a source-specific JSON value).
+    pub position: serde_json::Value,
+    /// This batch ends a run: every change below the run's cutoff has been read.
+    pub ends_run: bool,
+    /// The run was started by this process (its cutoff is fresh), so `--once` may stop
+    /// after it.
+    pub fresh_run: bool,
+    /// How far the run's cutoff sits below the database clock, when this batch started a run.
+    pub cutoff_holdback: Option<std::time::Duration>,
+    /// Every change before this instant has been read once this batch is committed (the
+    /// run's cutoff at its end, else the last record's `updated_at`): the lag metric's base.
+    pub watermark: Option<DateTime<Utc>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SourceError {
+    #[error("cannot connect to {target}: {reason}")]
+    Connect { target: String, reason: String, retriable: bool },
+    #[error("query failed: {0}")]
+    Query(String, bool),
+    #[error("{0}")]
+    Setup(String),
+    #[error("checkpoint position: {0}")]
+    Position(String),
+}
+
+impl SourceError {
+    /// Whether trying again may succeed (a lost connection), as opposed to a problem that
+    /// needs an operator (a missing table, a bad expression, a bad position).
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Connect { retriable, .. } => *retriable,
+            Self::Query(_, retriable) => *retriable,
+            Self::Setup(_) | Self::Position(_) => false,
+        }
+    }
+}
+
+/// A source of changed orders.
+pub trait Source: Send {
+    /// Positions the source at a committed position, or at `since` for a fresh start.
+    fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError>;
+
+    /// Reads the next page from the read position and advances it. At the end of a run the
+    /// next call starts a new run with a fresh cutoff.
+    fn next_batch(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send;
+}
+
+/// Who a configured source is (host, database, table; never credentials): the default
+/// CloudEvents `source` and the basis of the checkpoint fingerprint.
+pub fn identity(cfg: &SourceConfig) -> String {
+    match cfg {
+        SourceConfig::Postgres(c) => postgres::identity(c),
+    }
+}
+
+/// The position a run starting at `since` begins from (`checkpoint set --since`).
+pub fn position_since(cfg: &SourceConfig, since: DateTime<Utc>) -> serde_json::Value {
+    let position = match cfg {
+        SourceConfig::Postgres(_) => postgres::Position::at(since),
+    };
+    serde_json::to_value(position).expect("a position serialises")
+}

@@ -1,0 +1,84 @@
+//! The order database: connections, the reference schema, the export document and the
+//! late-commit cutoff. Shared by the Postgres source and (later) `order-cdc serve`: one
+//! implementation, two faces.
+
+pub mod cutoff;
+pub mod demo;
+pub mod document;
+pub mod schema;
+
+use std::time::Duration;
+
+use tokio_postgres::error::SqlState;
+use tokio_postgres::{Client, NoTls};
+
+use crate::secret::SecretUrl;
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    Connect { target: String, source: tokio_postgres::Error },
+    #[error("cannot connect to PostgreSQL at {target}: no answer within {timeout:?}")]
+    ConnectTimeout { target: String, timeout: Duration },
+    #[error("{context}: {source}")]
+    Db { context: String, source: tokio_postgres::Error },
+    #[error("{0}")]
+    Schema(String),
+}
+
+impl StoreError {
+    pub fn db(context: impl Into<String>) -> impl FnOnce(tokio_postgres::Error) -> StoreError {
+        let context = context.into();
+        move |source| StoreError::Db { context, source }
+    }
+
+    /// Lost connections, server restarts, serialisation conflicts and resource shortages
+    /// are worth retrying; a missing table or a bad expression is not.
+    pub fn is_retriable(&self) -> bool {
+        match self {
+            Self::Connect { .. } | Self::ConnectTimeout { .. } => true,
+            Self::Db { source, .. } => is_transient(source),
+            Self::Schema(_) => false,
+        }
+    }
+}
+
+pub fn is_transient(e: &tokio_postgres::Error) -> bool {
+    if e.is_closed() {
+        return true;
+    }
+    match e.code() {
+        None => true, // I/O and protocol errors: the connection is gone
+        Some(code) => {
+            let c = code.code();
+            c.starts_with("08") // connection exception
+                || c.starts_with("53") // insufficient resources
+                || c.starts_with("57P") // admin / crash shutdown, cannot connect now
+                || *code == SqlState::T_R_SERIALIZATION_FAILURE
+                || *code == SqlState::T_R_DEADLOCK_DETECTED
+        }
+    }
+}
+
+/// Connects with a deadline, sets the session up (UTC, an application name a DBA can see
+/// in pg_stat_activity) and drives the connection in the background.
+pub async fn connect(url: &SecretUrl, timeout: Duration, application_name: &str) -> Result<Client, StoreError> {
+    let target = url.redacted();
+    let connecting = tokio_postgres::connect(url.expose(), NoTls);
+    let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
+        Err(_) => return Err(StoreError::ConnectTimeout { target, timeout }),
+        Ok(Err(source)) => return Err(StoreError::Connect { target, source }),
+        Ok(Ok(pair)) => pair,
+    };
+    tokio::spawn(async move {
+        if let Err(e) = connection.await {
+            tracing::debug!(error = %e, "PostgreSQL connection ended");
+        }
+    });
+    let setup = format!(
+        "SET TIME ZONE 'UTC'; SET application_name = '{}'",
+        application_name.replace('\'', "''")
+    );
+    client.batch_execute(&setup).await.map_err(StoreError::db("setting up the session"))?;
+    Ok(client)
+}

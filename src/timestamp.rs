@@ -1,0 +1,59 @@
+//! Timestamps as order-cdc reads and writes them: UTC, microsecond precision (PostgreSQL's),
+//! RFC 3339 with six fractional digits and `Z` on the way out.
+
+use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
+
+/// Formats a timestamp the one way order-cdc writes them: `2024-01-15T10:30:00.000000Z`.
+pub fn format(t: DateTime<Utc>) -> String {
+    t.to_rfc3339_opts(SecondsFormat::Micros, true)
+}
+
+/// Parses a UTC datetime in the forms the export API accepts (seed 000: `2024-01-01`,
+/// `2024-01-01T00:00:00Z`, `2024-01-01 00:00:00`) and RFC 3339 with offsets and fractions.
+/// A time without an offset is UTC. Precision is cut to microseconds.
+pub fn parse(input: &str) -> Result<DateTime<Utc>, String> {
+    let s = input.trim();
+    let parsed = DateTime::parse_from_rfc3339(s)
+        .map(|t| t.with_timezone(&Utc))
+        .or_else(|_| {
+            // RFC 3339 allows a space for the `T`; so do we, with or without an offset.
+            DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc))
+        })
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc()))
+        .or_else(|_| {
+            NaiveDate::parse_from_str(s, "%Y-%m-%d").map(|d| d.and_hms_opt(0, 0, 0).expect("midnight").and_utc())
+        })
+        .map_err(|_| {
+            format!("{input:?} is not a UTC datetime (expected e.g. 2024-01-01, 2024-01-01T00:00:00Z or 2024-01-01 00:00:00)")
+        })?;
+    Ok(parsed.trunc_subsecs(6))
+}
+
+/// The Unix epoch: where a pipeline without a checkpoint starts unless told otherwise,
+/// so a first run is a full snapshot.
+pub fn epoch() -> DateTime<Utc> {
+    DateTime::UNIX_EPOCH
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_every_documented_form() {
+        let midnight = parse("2024-01-01T00:00:00Z").unwrap();
+        assert_eq!(parse("2024-01-01").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01 00:00:00").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01T02:00:00+02:00").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01T00:00:00").unwrap(), midnight);
+        assert_eq!(format(parse("2024-01-01T00:00:00.1234567Z").unwrap()), "2024-01-01T00:00:00.123456Z");
+    }
+
+    #[test]
+    fn rejects_garbage_with_the_input_in_the_message() {
+        let e = parse("yesterday").unwrap_err();
+        assert!(e.contains("yesterday"), "{e}");
+        assert!(parse("2024-13-01").is_err());
+    }
+}
