@@ -1,0 +1,314 @@
+//! Shared test helpers: a fresh database per test on the real PostgreSQL, a random topic
+//! per test on the real Kafka broker, the real binary, and reading a topic back.
+//!
+//! The stack comes from `scripts/stack.sh up` (the README's test command runs it first).
+#![allow(dead_code)] // each test binary uses its own subset
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rdkafka::consumer::{BaseConsumer, Consumer};
+use rdkafka::message::{Headers, Message};
+use rdkafka::{ClientConfig, Offset, TopicPartitionList};
+use tokio_postgres::{Client, NoTls};
+
+pub fn database_url() -> String {
+    std::env::var("ORDER_CDC_TEST_DATABASE_URL").unwrap_or_else(|_| "postgres://postgres:postgres@127.0.0.1:5432/order_cdc".into())
+}
+
+pub fn brokers() -> String {
+    std::env::var("ORDER_CDC_TEST_BROKERS").unwrap_or_else(|_| "127.0.0.1:9092".into())
+}
+
+pub fn binary() -> &'static str {
+    env!("CARGO_BIN_EXE_order-cdc")
+}
+
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}_{:016x}", rand::random::<u64>())
+}
+
+pub async fn connect(url: &str) -> Client {
+    let (client, connection) = tokio_postgres::connect(url, NoTls).await.unwrap_or_else(|e| {
+        panic!("cannot connect to PostgreSQL at {url}: {e}; start the stack with scripts/stack.sh up")
+    });
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of its own for one test: the late-commit guard looks at the transactions of
+/// the current database only, so tests never hold each other's cutoffs back.
+pub struct TestDb {
+    pub name: String,
+    pub url: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let admin = connect(&database_url()).await;
+        let name = unique("t");
+        admin.batch_execute(&format!("CREATE DATABASE {name}")).await.expect("create test database");
+        let mut url = url::Url::parse(&database_url()).unwrap();
+        url.set_path(&name);
+        Self { name, url: url.to_string() }
+    }
+
+    /// A database with the reference schema.
+    pub async fn migrated() -> (Self, Client) {
+        let db = Self::create().await;
+        let mut client = db.client().await;
+        order_cdc::store::schema::migrate(&mut client).await.expect("migrate");
+        (db, client)
+    }
+
+    pub async fn client(&self) -> Client {
+        connect(&self.url).await
+    }
+
+    pub async fn drop_db(self) {
+        let admin = connect(&database_url()).await;
+        let _ = admin.batch_execute(&format!("DROP DATABASE IF EXISTS {} WITH (FORCE)", self.name)).await;
+    }
+}
+
+/// Inserts orders `first..first+count` into the reference schema with two items each,
+/// all with `updated_at` from the SQL expression `updated_at` (over `g`, the order number),
+/// bypassing the triggers so tests control the timestamps.
+pub async fn insert_orders(client: &Client, first: i64, count: i64, updated_at: &str) {
+    let sql = format!(
+        "BEGIN;
+         SET LOCAL session_replication_role = replica;
+         INSERT INTO products (sku, name, upc) VALUES ('SKU-T', 'Test product', '000000000001') ON CONFLICT DO NOTHING;
+         INSERT INTO sales_orders (id, order_number, channel_id, customer_email, total_amount, updated_at, created_at)
+           SELECT g, 'T-' || g, 1, 'c' || g || '@example.com', g % 997, {updated_at}, '2024-01-01'
+             FROM generate_series({first}, {last}) g;
+         INSERT INTO sales_order_items (sales_order_id, line_number, product_id, sku, name, quantity, unit_price)
+           SELECT g, l, (SELECT id FROM products WHERE sku = 'SKU-T'), 'SKU-T', 'Test product', l, 9.99
+             FROM generate_series({first}, {last}) g, generate_series(1, 2) l;
+         COMMIT;",
+        last = first + count - 1
+    );
+    client.batch_execute(&sql).await.expect("insert orders");
+}
+
+/// The export document of every order, as the source builds it, by id.
+pub async fn export_documents(client: &Client) -> HashMap<String, String> {
+    let sql = format!("SELECT t.id::text, ({})::text FROM sales_orders t", order_cdc::store::document::export_document("public"));
+    client.query(&sql, &[]).await.expect("documents").iter().map(|r| (r.get(0), r.get(1))).collect()
+}
+
+pub struct Pipeline<'a> {
+    pub db_url: &'a str,
+    pub topic: &'a str,
+    pub batch_size: usize,
+    /// Extra lines for `[pipelines.p]` (e.g. `envelope = "structured"`).
+    pub pipeline_extra: &'a str,
+    /// Extra lines for `[pipelines.p.source]`.
+    pub source_extra: &'a str,
+    pub metrics_port: u16,
+}
+
+impl<'a> Pipeline<'a> {
+    pub fn new(db_url: &'a str, topic: &'a str) -> Self {
+        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0 }
+    }
+}
+
+/// A temporary directory with a configuration file for one pipeline named `p`.
+pub struct Setup {
+    pub dir: tempfile::TempDir,
+    pub config: PathBuf,
+}
+
+impl Setup {
+    pub fn new(p: &Pipeline) -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("order-cdc.toml");
+        let text = format!(
+            r#"
+[kafka]
+brokers = "{brokers}"
+
+[metrics]
+listen = "127.0.0.1:{port}"
+
+[checkpoint]
+dir = "{checkpoints}"
+
+[pipelines.p]
+topic = "{topic}"
+batch_size = {batch}
+poll_interval = "200ms"
+partitions = 3
+{pipeline_extra}
+
+[pipelines.p.source]
+kind = "postgres"
+url = "{url}"
+{source_extra}
+"#,
+            brokers = brokers(),
+            port = p.metrics_port,
+            checkpoints = dir.path().join("checkpoints").display(),
+            topic = p.topic,
+            batch = p.batch_size,
+            pipeline_extra = p.pipeline_extra,
+            url = p.db_url,
+            source_extra = p.source_extra,
+        );
+        std::fs::File::create(&config).unwrap().write_all(text.as_bytes()).unwrap();
+        Self { dir, config }
+    }
+
+    pub fn checkpoint_path(&self) -> PathBuf {
+        self.dir.path().join("checkpoints").join("p.json")
+    }
+
+    pub fn checkpoint(&self) -> Option<serde_json::Value> {
+        std::fs::read(self.checkpoint_path()).ok().map(|b| serde_json::from_slice(&b).expect("checkpoint JSON"))
+    }
+
+    pub fn command(&self, args: &[&str]) -> Command {
+        let mut c = Command::new(binary());
+        c.arg("--config").arg(&self.config).args(args).env("RUST_LOG", "warn,order_cdc=info");
+        c
+    }
+
+    /// `order-cdc run --once`, which must succeed within the deadline.
+    pub fn run_once(&self) -> Output {
+        let out = run_with_deadline(self.command(&["run", "--once"]), Duration::from_secs(300));
+        assert!(out.status.success(), "run --once failed: {}", String::from_utf8_lossy(&out.stderr));
+        out
+    }
+
+    pub fn spawn(&self, args: &[&str]) -> Child {
+        self.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn order-cdc")
+    }
+}
+
+pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
+    let mut child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn");
+    let end = Instant::now() + deadline;
+    loop {
+        if child.try_wait().expect("wait").is_some() {
+            return child.wait_with_output().expect("output");
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            let out = child.wait_with_output().expect("output");
+            panic!("command did not finish within {deadline:?}: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Waits for a condition, polling, with a deadline.
+pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
+    let end = Instant::now() + deadline;
+    while !ready() {
+        assert!(Instant::now() < end, "timed out after {deadline:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct Event {
+    pub partition: i32,
+    pub offset: i64,
+    pub key: String,
+    pub value: Option<Vec<u8>>,
+    pub headers: HashMap<String, String>,
+}
+
+impl Event {
+    pub fn text(&self) -> &str {
+        std::str::from_utf8(self.value.as_deref().expect("a value")).expect("UTF-8")
+    }
+}
+
+/// Every message on the topic, partition by partition in offset order: reads until each
+/// partition reaches the high watermark it had when reading began.
+pub fn read_topic(topic: &str) -> Vec<Event> {
+    let consumer: BaseConsumer = ClientConfig::new()
+        .set("bootstrap.servers", brokers())
+        .set("group.id", unique("test"))
+        .set("enable.auto.commit", "false")
+        .set("enable.partition.eof", "false")
+        .create()
+        .expect("consumer");
+    let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+    let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
+    let mut assignment = TopicPartitionList::new();
+    let mut remaining: HashMap<i32, i64> = HashMap::new();
+    for &p in &partitions {
+        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
+        assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
+        if high > low {
+            remaining.insert(p, high);
+        }
+    }
+    consumer.assign(&assignment).expect("assign");
+    let mut events = Vec::new();
+    let end = Instant::now() + Duration::from_secs(120);
+    while !remaining.is_empty() {
+        assert!(Instant::now() < end, "reading {topic} timed out; partitions left: {remaining:?}");
+        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
+        let m = message.expect("consume");
+        let headers = m
+            .headers()
+            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+            .unwrap_or_default();
+        events.push(Event {
+            partition: m.partition(),
+            offset: m.offset(),
+            key: String::from_utf8(m.key().expect("a key").to_vec()).expect("UTF-8 key"),
+            value: m.payload().map(<[u8]>::to_vec),
+            headers,
+        });
+        if let Some(&high) = remaining.get(&m.partition()) {
+            if m.offset() + 1 >= high {
+                remaining.remove(&m.partition());
+            }
+        }
+    }
+    events
+}
+
+/// The last event of each key (per-key order is partition order).
+pub fn latest_by_key(events: &[Event]) -> HashMap<String, Event> {
+    let mut sorted: Vec<&Event> = events.iter().collect();
+    sorted.sort_by_key(|e| (e.partition, e.offset));
+    sorted.into_iter().map(|e| (e.key.clone(), e.clone())).collect()
+}
+
+/// Counts by key.
+pub fn counts_by_key(events: &[Event]) -> HashMap<String, usize> {
+    let mut counts = HashMap::new();
+    for e in events {
+        *counts.entry(e.key.clone()).or_insert(0) += 1;
+    }
+    counts
+}
+
+pub fn stack_script() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("scripts/stack.sh")
+}
+
+/// A port nobody listens on right now, for a daemon's metrics listener.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
+    write!(stream, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n").ok()?;
+    let mut response = String::new();
+    stream.read_to_string(&mut response).ok()?;
+    let status = response.split_whitespace().nth(1)?.parse().ok()?;
+    let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Some((status, body))
+}

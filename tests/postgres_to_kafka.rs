@@ -1,0 +1,278 @@
+//! PostgreSQL → Kafka end to end, against the real broker and database: every test reads
+//! its topic back and compares it with the table.
+
+mod common;
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use common::*;
+
+/// 10,000 orders, 3,000 of them sharing one updated_at, pages of 500: the tie spans six
+/// page boundaries, and every order must arrive exactly once with its document, key and
+/// CloudEvents headers.
+#[tokio::test(flavor = "multi_thread")]
+async fn ten_thousand_orders_with_a_shared_updated_at_arrive_once_each() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 3_500, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 ms'").await;
+    insert_orders(&client, 3_501, 3_000, "'2024-03-01T00:00:05.123456Z'::timestamptz").await;
+    insert_orders(&client, 6_501, 3_500, "'2024-03-01T00:00:10Z'::timestamptz + g * interval '1 us'").await;
+    let topic = unique("orders");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.batch_size = 500;
+    let setup = Setup::new(&p);
+    setup.run_once();
+
+    let events = read_topic(&topic);
+    let expected = export_documents(&client).await;
+    assert_eq!(expected.len(), 10_000);
+    let counts = counts_by_key(&events);
+    let duplicates: Vec<_> = counts.iter().filter(|(_, &n)| n > 1).collect();
+    assert!(duplicates.is_empty(), "duplicates in a clean run: {:?}", &duplicates[..duplicates.len().min(5)]);
+    assert_eq!(events.len(), 10_000, "events on the topic");
+    for e in &events {
+        let doc = expected.get(&e.key).unwrap_or_else(|| panic!("unknown key {}", e.key));
+        assert_eq!(e.text(), doc, "value of order {} is the table's document, byte for byte", e.key);
+        let parsed: serde_json::Value = serde_json::from_str(e.text()).unwrap();
+        assert_eq!(parsed["order_id"].to_string(), e.key);
+        assert_eq!(e.headers["ce_specversion"], "1.0");
+        assert_eq!(e.headers["ce_type"], "sales_order.changed");
+        assert_eq!(e.headers["ce_subject"], e.key);
+        assert_eq!(e.headers["ce_time"], parsed["updated_at"].as_str().unwrap());
+        assert_eq!(e.headers["content-type"], "application/json");
+        assert!(e.headers["ce_id"].starts_with(&format!("{}@", e.key)));
+        assert!(e.headers["ce_source"].ends_with("/sales_orders") && !e.headers["ce_source"].contains("postgres:postgres"));
+    }
+    // The shared-timestamp orders carry it to the microsecond.
+    let tied = events.iter().find(|e| e.key == "5000").unwrap();
+    assert_eq!(tied.headers["ce_time"], "2024-03-01T00:00:05.123456Z");
+    // The checkpoint ends the run: the next one starts at its cutoff.
+    let cp = setup.checkpoint().expect("a checkpoint");
+    assert!(cp["position"]["cutoff"].is_null() && cp["position"]["after"].is_null(), "{cp}");
+    db.drop_db().await;
+}
+
+/// Orders changed while a run is in progress arrive (in that run or the next) with their
+/// newer document, and the second run re-sends nothing that did not change.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_updated_during_a_run_arrive_with_the_newer_document() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 30_000, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 ms'").await;
+    let topic = unique("orders");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.batch_size = 200;
+    let setup = Setup::new(&p);
+    let mut run = setup.spawn(&["run", "--once"]);
+    wait_until("the first commit", Duration::from_secs(60), || setup.checkpoint().is_some());
+    // Updates through the triggers, as an application makes them: updated_at = now().
+    client.batch_execute("UPDATE sales_orders SET order_status = 'shipped' WHERE id % 1000 = 0").await.unwrap();
+    client.batch_execute("UPDATE sales_order_items SET quantity_shipped = 1 WHERE sales_order_id % 1000 = 500").await.unwrap();
+    assert!(run.wait().unwrap().success());
+    setup.run_once();
+
+    let events = read_topic(&topic);
+    let latest = latest_by_key(&events);
+    let expected = export_documents(&client).await;
+    assert_eq!(latest.len(), 30_000);
+    for (id, doc) in &expected {
+        assert_eq!(latest[id].text(), doc, "the newest event of order {id} is its current document");
+    }
+    for id in ["1000", "30000"] {
+        assert!(latest[id].text().contains(r#""order_status" : "shipped""#) || latest[id].text().contains(r#""order_status":"shipped""#));
+    }
+    // Only changed orders are sent twice.
+    let twice = counts_by_key(&events).values().filter(|&&n| n > 1).count();
+    assert!(twice <= 60, "{twice} orders were sent more than once");
+    db.drop_db().await;
+}
+
+/// Another table, other column names, a uuid id, a second-precision `timestamp` column,
+/// the `row` document, a deleted predicate (tombstones), a filter, and records whose
+/// document is NULL (dead-letter topic with the reason).
+#[tokio::test(flavor = "multi_thread")]
+async fn any_table_with_row_documents_tombstones_and_dead_letters() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE SCHEMA shop;
+             CREATE TABLE shop.\"Orders\" (
+                 order_ref uuid PRIMARY KEY,
+                 changed timestamp(0) NOT NULL,
+                 state text NOT NULL,
+                 tenant int NOT NULL,
+                 payload jsonb);
+             CREATE INDEX ON shop.\"Orders\" (changed, order_ref);
+             INSERT INTO shop.\"Orders\"
+               SELECT md5(g::text)::uuid, timestamp '2024-05-01' + (g / 7) * interval '1 second',
+                      CASE WHEN g % 10 = 0 THEN 'gone' ELSE 'live' END, g % 2,
+                      CASE WHEN g % 13 = 0 THEN NULL ELSE jsonb_build_object('n', g) END
+                 FROM generate_series(1, 2000) g;",
+        )
+        .await
+        .unwrap();
+    let topic = unique("shop");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.batch_size = 100;
+    p.source_extra = r#"table = "shop.\"Orders\""
+id_column = "order_ref"
+updated_at_column = "changed"
+filter = "t.tenant = 1"
+document = "t.payload"
+deleted = "t.state = 'gone'""#;
+    let setup = Setup::new(&p);
+    setup.run_once();
+
+    let events = read_topic(&topic);
+    let rows = client
+        .query("SELECT order_ref::text, state, payload::text FROM shop.\"Orders\" WHERE tenant = 1", &[])
+        .await
+        .unwrap();
+    assert_eq!(events.len() + count_dead(&format!("{topic}.dlq"), &rows), rows.len());
+    let by_key = latest_by_key(&events);
+    for row in &rows {
+        let (id, state, payload): (String, String, Option<String>) = (row.get(0), row.get(1), row.get(2));
+        match (state.as_str(), payload) {
+            ("gone", _) => {
+                let e = &by_key[&id];
+                assert!(e.value.is_none(), "a deleted order is a tombstone");
+                assert_eq!(e.headers["ce_type"], "sales_order.deleted");
+            }
+            (_, Some(doc)) => assert_eq!(by_key[&id].text(), doc),
+            (_, None) => assert!(!by_key.contains_key(&id), "a NULL document is not an event"),
+        }
+    }
+    db.drop_db().await;
+}
+
+fn count_dead(topic: &str, rows: &[tokio_postgres::Row]) -> usize {
+    let dead = read_topic(topic);
+    let expected: HashSet<String> = rows
+        .iter()
+        .filter(|r| r.get::<_, &str>(1) != "gone" && r.get::<_, Option<String>>(2).is_none())
+        .map(|r| r.get(0))
+        .collect();
+    assert!(!expected.is_empty());
+    let got: HashSet<String> = dead.iter().map(|e| e.key.clone()).collect();
+    assert_eq!(got, expected, "dead letters are exactly the records without a document");
+    for e in &dead {
+        assert_eq!(e.headers["order_cdc_error"], "the document expression yielded NULL");
+    }
+    dead.len()
+}
+
+/// The structured envelope: the value is a CloudEvent with the document as `data`.
+#[tokio::test(flavor = "multi_thread")]
+async fn structured_envelope_wraps_the_document() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 50, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
+    client.batch_execute("UPDATE sales_orders SET status = 'Archived' WHERE id = 7").await.unwrap();
+    let topic = unique("structured");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.pipeline_extra = r#"envelope = "structured""#;
+    Setup::new(&p).run_once();
+    let events = read_topic(&topic);
+    let expected = export_documents(&client).await;
+    assert_eq!(events.len(), 50);
+    for e in &events {
+        let v: serde_json::Value = serde_json::from_str(e.text()).unwrap();
+        assert_eq!(v["specversion"], "1.0");
+        assert_eq!(v["subject"], e.key.as_str());
+        if e.key == "7" {
+            assert_eq!(v["type"], "sales_order.deleted");
+            assert!(v["data"].is_null());
+        } else {
+            assert_eq!(v["type"], "sales_order.changed");
+            let doc: serde_json::Value = serde_json::from_str(&expected[&e.key]).unwrap();
+            assert_eq!(v["data"], doc);
+        }
+    }
+    db.drop_db().await;
+}
+
+/// The daemon keeps polling; /metrics counts exactly the events on the topic; readiness is
+/// reported; SIGTERM drains and exits 0.
+#[tokio::test(flavor = "multi_thread")]
+async fn daemon_metrics_match_the_topic_and_sigterm_exits_cleanly() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 3_000, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 ms'").await;
+    let topic = unique("metrics");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.metrics_port = free_port();
+    p.batch_size = 250;
+    let setup = Setup::new(&p);
+    let mut daemon = setup.spawn(&["run"]);
+    let port = p.metrics_port;
+    let delivered = |port| -> u64 {
+        let Some((200, body)) = http_get(port, "/metrics") else { return 0 };
+        body.lines()
+            .find(|l| l.starts_with("order_cdc_events_total") && l.contains("outcome=\"delivered\"") && l.contains("pipeline=\"p\""))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until("3,000 delivered", Duration::from_secs(60), || delivered(port) >= 3_000);
+    // A change while the daemon runs arrives in a later run.
+    client.batch_execute("UPDATE sales_orders SET order_status = 'cancelled' WHERE id = 42").await.unwrap();
+    wait_until("the update delivered", Duration::from_secs(60), || delivered(port) >= 3_001);
+    let (status, ready) = http_get(port, "/health/ready").unwrap();
+    assert_eq!(status, 200, "{ready}");
+    assert_eq!(http_get(port, "/health/live").unwrap().0, 200);
+    let (_, metrics) = http_get(port, "/metrics").unwrap();
+    for family in ["order_cdc_batches_total", "order_cdc_checkpoint_commits_total", "order_cdc_lag_seconds", "order_cdc_cutoff_holdback_seconds", "order_cdc_source_requests_total", "order_cdc_delivery_duration_seconds", "order_cdc_build_info"] {
+        assert!(metrics.contains(family), "{family} missing from /metrics");
+    }
+    assert!(!metrics.contains("postgres:postgres"), "no credentials in metrics");
+    let events = read_topic(&topic);
+    assert_eq!(delivered(port), events.len() as u64, "metrics count what the topic holds");
+    let latest = latest_by_key(&events);
+    assert!(latest["42"].text().contains("cancelled"));
+
+    // SIGTERM: drains, commits, exits 0.
+    let status = std::process::Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
+    assert!(status.success());
+    let end = std::time::Instant::now() + Duration::from_secs(30);
+    let exit = loop {
+        if let Some(s) = daemon.try_wait().unwrap() {
+            break s;
+        }
+        assert!(std::time::Instant::now() < end, "daemon did not stop on SIGTERM");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(exit.success(), "exit status {exit:?}");
+    db.drop_db().await;
+}
+
+/// checkpoint show / set / reset on a real checkpoint, and a replay after `set`.
+#[tokio::test(flavor = "multi_thread")]
+async fn checkpoint_commands_show_set_and_reset() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 100, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 h'").await;
+    let topic = unique("cp");
+    let setup = Setup::new(&Pipeline::new(&db.url, &topic));
+    setup.run_once();
+    let show = setup.command(&["checkpoint", "show", "--pipeline", "p"]).output().unwrap();
+    assert!(show.status.success());
+    let shown: serde_json::Value = serde_json::from_slice(&show.stdout).unwrap();
+    assert_eq!(shown["pipeline"], "p");
+    assert!(shown["position"]["since"].is_string());
+
+    // Rewind to the 51st order's time: the next run re-sends orders 51..100.
+    let set = setup.command(&["checkpoint", "set", "--pipeline", "p", "--since", "2024-03-03 03:00:00"]).output().unwrap();
+    assert!(set.status.success(), "{}", String::from_utf8_lossy(&set.stderr));
+    setup.run_once();
+    let counts = counts_by_key(&read_topic(&topic));
+    assert_eq!(counts["50"], 1);
+    assert_eq!(counts["51"], 2);
+    assert_eq!(counts["100"], 2);
+
+    let bad = setup.command(&["checkpoint", "set", "--pipeline", "p", "--since", "last tuesday"]).output().unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("last tuesday"));
+
+    let reset = setup.command(&["checkpoint", "reset", "--pipeline", "p"]).output().unwrap();
+    assert!(reset.status.success());
+    assert!(setup.checkpoint().is_none());
+    setup.run_once();
+    assert_eq!(counts_by_key(&read_topic(&topic))["1"], 2, "after a reset everything is sent again");
+    db.drop_db().await;
+}
