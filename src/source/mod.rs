@@ -49,7 +49,7 @@ pub struct Batch {
 
 #[derive(Debug, thiserror::Error)]
 pub enum SourceError {
-    #[error("cannot connect to {target}: {reason}")]
+    #[error("cannot connect to PostgreSQL at {target}: {reason}")]
     Connect { target: String, reason: String, retriable: bool },
     #[error("query failed: {0}")]
     Query(String, bool),

@@ -141,7 +141,7 @@ impl PostgresSource {
         } else {
             ""
         };
-        SourceError::Setup(format!("the page query on {} does not prepare: {}{hint}", self.cfg.table, db_message(&e)))
+        SourceError::Setup(format!("the page query on {} does not prepare: {}{hint}", self.cfg.table, store::describe(&e)))
     }
 
     fn document_is_export(&self) -> bool {
@@ -162,7 +162,7 @@ impl PostgresSource {
                 &[&self.cfg.table],
             )
             .await
-            .map_err(|e| SourceError::Query(format!("looking up table {}: {}", self.cfg.table, db_message(&e)), store::is_transient(&e)))?
+            .map_err(|e| SourceError::Query(format!("looking up table {}: {}", self.cfg.table, store::describe(&e)), store::is_transient(&e)))?
             .ok_or_else(|| SourceError::Setup(format!("table {} does not exist (source.table)", self.cfg.table)))?;
         let (table_sql, schema): (String, String) = (table.get(0), table.get(1));
         let columns = client
@@ -173,7 +173,7 @@ impl PostgresSource {
                 &[&self.cfg.table],
             )
             .await
-            .map_err(|e| SourceError::Query(format!("looking up the columns of {}: {}", self.cfg.table, db_message(&e)), store::is_transient(&e)))?;
+            .map_err(|e| SourceError::Query(format!("looking up the columns of {}: {}", self.cfg.table, store::describe(&e)), store::is_transient(&e)))?;
         let column = |name: &str, key: &str| -> Result<(String, String, i32), SourceError> {
             columns
                 .iter()
@@ -262,7 +262,7 @@ impl PostgresSource {
                 if transient {
                     self.conn = None; // reconnect and prepare again on the next call
                 }
-                return Err(SourceError::Query(db_message(&e), transient));
+                return Err(SourceError::Query(store::describe(&e), transient));
             }
         };
         let records: Vec<Record> = rows.iter().map(record).collect();
@@ -302,18 +302,10 @@ fn unqualified(table: &str) -> &str {
     table.rsplit('.').next().unwrap_or(table).trim_matches('"')
 }
 
-/// The server's message of a database error (tokio-postgres's Display alone says "db error").
-fn db_message(e: &tokio_postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
-    }
-}
-
 fn store_error(e: StoreError) -> SourceError {
     let retriable = e.is_retriable();
     match e {
-        StoreError::Connect { target, source } => SourceError::Connect { target, reason: db_message(&source), retriable },
+        StoreError::Connect { target, source } => SourceError::Connect { target, reason: store::describe(&source), retriable },
         StoreError::ConnectTimeout { target, timeout } => {
             SourceError::Connect { target, reason: format!("no answer within {timeout:?}"), retriable }
         }

@@ -16,11 +16,11 @@ use crate::secret::SecretUrl;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
-    #[error("cannot connect to PostgreSQL at {target}: {source}")]
+    #[error("cannot connect to PostgreSQL at {target}: {}", describe(source))]
     Connect { target: String, source: tokio_postgres::Error },
     #[error("cannot connect to PostgreSQL at {target}: no answer within {timeout:?}")]
     ConnectTimeout { target: String, timeout: Duration },
-    #[error("{context}: {source}")]
+    #[error("{context}: {}", describe(source))]
     Db { context: String, source: tokio_postgres::Error },
     #[error("{0}")]
     Schema(String),
@@ -39,6 +39,23 @@ impl StoreError {
             Self::Connect { .. } | Self::ConnectTimeout { .. } => true,
             Self::Db { source, .. } => is_transient(source),
             Self::Schema(_) => false,
+        }
+    }
+}
+
+/// The server's message of a database error, or the error with its causes
+/// (tokio-postgres's Display alone says "db error" or "error connecting to server").
+pub fn describe(e: &tokio_postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => {
+            let mut message = e.to_string();
+            let mut cause = std::error::Error::source(e);
+            while let Some(c) = cause {
+                message.push_str(&format!(": {c}"));
+                cause = c.source();
+            }
+            message
         }
     }
 }
