@@ -116,7 +116,7 @@ kafka_install() {
 </project>
 POM
   rm -rf "$KAFKA_DIR/libs"
-  (cd "$KAFKA_DIR" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_DIR/libs") \
+  (cd "$KAFKA_DIR" && mvn -q -B dependency:copy-dependencies -DincludeScope=runtime -DoutputDirectory="$KAFKA_DIR/libs" >&2) \
     || die "Maven could not fetch the Kafka jars"
 }
 
@@ -165,12 +165,13 @@ YAML
 kafka_pid() { local p; p=$(cat "$KAFKA_DIR/kafka.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && echo "$p"; }
 
 kafka_up() {
-  if kafka_pid >/dev/null; then
-    kafka_install
-    wait_for "Kafka" 90 kafka_answers || { tail -n 30 "$KAFKA_DIR/logs/server.log" >&2; die "Kafka runs but does not answer"; }
-    return
-  fi
   kafka_install
+  if kafka_answers; then log "Kafka already answers on $BROKERS"; return; fi
+  if kafka_pid >/dev/null; then
+    # Started earlier and still coming up.
+    wait_for "Kafka" 120 kafka_answers && return
+    tail -n 30 "$KAFKA_DIR/logs/server.log" >&2; die "Kafka runs but does not answer"
+  fi
   kafka_configure
   log "starting Kafka $KAFKA_VERSION on $BROKERS (log: $KAFKA_DIR/logs/server.log)"
   nohup java -Xmx1g -Xms256m -XX:+UseG1GC -Djava.awt.headless=true \
@@ -182,7 +183,7 @@ kafka_up() {
 }
 
 kafka_down() {
-  local p; p=$(kafka_pid) || return 0
+  local p; p=$(kafka_pid) || { kafka_answers 2>/dev/null && log "Kafka on $BROKERS was not started by this checkout; leaving it"; return 0; }
   kill "$p"
   local end=$((SECONDS + 60))
   while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.5; done
