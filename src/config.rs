@@ -233,7 +233,11 @@ pub struct PostgresSourceConfig {
     /// beyond it the run goes on (with a warning) and that transaction's rows may be late.
     #[serde(default = "default_cutoff_max_hold", with = "humantime_serde")]
     pub cutoff_max_hold: Duration,
-    /// Seconds to connect before giving up with an error.
+    /// Pages whose documents PostgreSQL builds at once, each on its own connection (the
+    /// key walk has one more). Documents are where the database spends its time.
+    #[serde(default = "default_parallelism")]
+    pub parallelism: usize,
+    /// How long to wait for a connection before giving up with an error.
     #[serde(default = "default_connect_timeout", with = "humantime_serde")]
     pub connect_timeout: Duration,
 }
@@ -252,6 +256,9 @@ fn default_cutoff_lag() -> Duration {
 }
 fn default_cutoff_max_hold() -> Duration {
     Duration::from_secs(15 * 60)
+}
+fn default_parallelism() -> usize {
+    2
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
@@ -325,6 +332,9 @@ impl Config {
                 SourceConfig::Postgres(s) => {
                     if s.url.expose().trim().is_empty() {
                         return Err(invalid(key("source.url"), "must not be empty"));
+                    }
+                    if !(1..=16).contains(&s.parallelism) {
+                        return Err(invalid(key("source.parallelism"), "must be between 1 and 16"));
                     }
                     for (k, v) in [("table", &s.table), ("id_column", &s.id_column), ("updated_at_column", &s.updated_at_column)] {
                         if v.trim().is_empty() {

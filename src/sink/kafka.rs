@@ -84,8 +84,9 @@ pub struct Publisher {
     format: EventFormat,
 }
 
-/// The producer settings order-cdc needs for its guarantees, then the user's properties.
-fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
+/// The producer settings order-cdc needs for its guarantees, then the user's properties
+/// (public for the benchmark, which measures the raw producer with the same settings).
+pub fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
     let mut cfg = ClientConfig::new();
     cfg.set("bootstrap.servers", &kafka.brokers)
         .set("client.id", format!("order-cdc.{pipeline}"))

@@ -1,17 +1,20 @@
 //! The Postgres source: a keyset walk over `(updated_at, id)` in a fixed window
 //! `[since, cutoff)`, with the cutoff from the late-commit guard (`store::cutoff`).
 //!
-//! A run computes its cutoff once, then reads pages of
+//! A run computes its cutoff once, then reads pages of keys
 //! `updated_at >= since AND updated_at < cutoff AND (updated_at, id) > after
 //!  ORDER BY updated_at, id LIMIT n`; a short page ends it, and the next run starts at the
 //! cutoff. The id tie-breaker makes the order total, so any number of rows sharing one
 //! `updated_at` cross page boundaries intact.
 
-use std::time::Instant;
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use chrono::{DateTime, SubsecRound, Utc};
 use serde::{Deserialize, Serialize};
 use tokio_postgres::types::ToSql;
+use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Row, Statement};
 
 use super::{Batch, Record, RecordBody, Source, SourceError};
@@ -63,41 +66,79 @@ pub fn identity(cfg: &PostgresSourceConfig) -> String {
     format!("postgresql://{host}:{port}/{db}/{}", cfg.table)
 }
 
-/// The SQL of a page, built once the table has been looked up.
-struct PageSql {
-    first: String,
-    next: String,
+/// The SQL of a run, built once the table has been looked up.
+struct Queries {
+    /// The first page of keys of a run.
+    first_keys: String,
+    /// The next page of keys, after `(updated_at, id)`.
+    next_keys: String,
+    /// The documents of a page of keys.
+    documents: String,
 }
 
-struct Connected {
+/// A connection that builds documents.
+struct DocumentConnection {
     client: Client,
-    first: Statement,
-    next: Statement,
+    statement: Statement,
+}
+
+struct Connections {
+    /// The key walk's own connection, so it never queues behind a document query.
+    keys: Client,
+    first_keys: Statement,
+    next_keys: Statement,
+    documents: Vec<Arc<DocumentConnection>>,
+    next_document: usize,
     mode: CutoffMode,
     /// Fractional digits the updated_at column keeps (6 unless declared `timestamp(p)`).
     precision: u16,
 }
 
+/// A page whose keys are read and whose documents are being built.
+struct PendingPage {
+    position: Position,
+    ends_run: bool,
+    fresh_run: bool,
+    holdback: Option<Duration>,
+    watermark: Option<DateTime<Utc>>,
+    documents: Option<JoinHandle<Result<Vec<Record>, SourceError>>>,
+}
+
+/// Reads a run in two steps per page: the keys `(updated_at, id)` of the next page with an
+/// index-only keyset scan (cheap, sequential), then the page's documents by id, which is
+/// where PostgreSQL spends its time. Up to `parallelism` pages build their documents at
+/// once on their own connections, and pages are handed over strictly in key order.
+///
+/// A document may be newer than its key (the order changed in between): it goes out now
+/// and again in the next run, which is a duplicate, never a loss. An order that vanished
+/// or stopped matching the filter in between is left out, as if the key walk had come later.
 pub struct PostgresSource {
     cfg: PostgresSourceConfig,
     pipeline: String,
     batch_size: i64,
-    conn: Option<Connected>,
-    read: Position,
+    conn: Option<Connections>,
+    /// Where the key walk stands: ahead of what was handed over by the pages in flight.
+    keys: Position,
+    /// The position after the last batch handed to the pipeline.
+    handed: Position,
     fresh_run: bool,
+    in_flight: VecDeque<PendingPage>,
     metrics: PipelineMetrics,
 }
 
 impl PostgresSource {
     /// Connects and checks the table, so a bad URL, table or expression fails start-up.
     pub async fn open(cfg: PostgresSourceConfig, pipeline: &str, batch_size: usize, metrics: PipelineMetrics) -> Result<Self, SourceError> {
+        let start = Position::at(crate::timestamp::epoch());
         let mut source = Self {
             cfg,
             pipeline: pipeline.to_string(),
             batch_size: batch_size as i64,
             conn: None,
-            read: Position::at(crate::timestamp::epoch()),
+            keys: start.clone(),
+            handed: start,
             fresh_run: false,
+            in_flight: VecDeque::new(),
             metrics,
         };
         source.connect(true).await?;
@@ -106,14 +147,20 @@ impl PostgresSource {
 
     async fn connect(&mut self, announce: bool) -> Result<(), SourceError> {
         let app = format!("order-cdc/{}", self.pipeline);
-        let client = store::connect(&self.cfg.url, self.cfg.connect_timeout, &app).await.map_err(store_error)?;
-        let (sql, precision) = self.page_sql(&client).await?;
-        let first = client.prepare(&sql.first).await.map_err(|e| self.explain_prepare(e))?;
-        let next = client.prepare(&sql.next).await.map_err(|e| self.explain_prepare(e))?;
+        let keys = store::connect(&self.cfg.url, self.cfg.connect_timeout, &app).await.map_err(store_error)?;
+        let (queries, precision) = self.queries(&keys, announce).await?;
+        let first_keys = keys.prepare(&queries.first_keys).await.map_err(|e| self.explain_prepare(e))?;
+        let next_keys = keys.prepare(&queries.next_keys).await.map_err(|e| self.explain_prepare(e))?;
+        let mut documents = Vec::with_capacity(self.cfg.parallelism);
+        for _ in 0..self.cfg.parallelism {
+            let client = store::connect(&self.cfg.url, self.cfg.connect_timeout, &app).await.map_err(store_error)?;
+            let statement = client.prepare(&queries.documents).await.map_err(|e| self.explain_prepare(e))?;
+            documents.push(Arc::new(DocumentConnection { client, statement }));
+        }
         let mode = match self.cfg.cutoff {
             CutoffKind::Lag => CutoffMode::Lag(self.cfg.cutoff_lag),
             CutoffKind::Xact => {
-                if cutoff::can_see_other_sessions(&client).await.map_err(store_error)? {
+                if cutoff::can_see_other_sessions(&keys).await.map_err(store_error)? {
                     CutoffMode::Xact { max_hold: self.cfg.cutoff_max_hold }
                 } else {
                     if announce {
@@ -131,7 +178,7 @@ impl PostgresSource {
         if announce {
             tracing::info!(pipeline = %self.pipeline, source = %identity(&self.cfg), cutoff = ?mode, "connected to PostgreSQL");
         }
-        self.conn = Some(Connected { client, first, next, mode, precision });
+        self.conn = Some(Connections { keys, first_keys, next_keys, documents, next_document: 0, mode, precision });
         Ok(())
     }
 
@@ -141,7 +188,7 @@ impl PostgresSource {
         } else {
             ""
         };
-        SourceError::Setup(format!("the page query on {} does not prepare: {}{hint}", self.cfg.table, store::describe(&e)))
+        SourceError::Setup(format!("the queries on {} do not prepare: {}{hint}", self.cfg.table, store::describe(&e)))
     }
 
     fn document_is_export(&self) -> bool {
@@ -152,8 +199,12 @@ impl PostgresSource {
     }
 
     /// Looks the table and its columns up in the catalog (PostgreSQL quotes the names) and
-    /// builds the two page queries.
-    async fn page_sql(&self, client: &Client) -> Result<(PageSql, u16), SourceError> {
+    /// builds the queries of a run.
+    async fn queries(&self, client: &Client, announce: bool) -> Result<(Queries, u16), SourceError> {
+        let lookup = |what: &str| {
+            let what = format!("looking up {what} of {}", self.cfg.table);
+            move |e: tokio_postgres::Error| SourceError::Query(format!("{what}: {}", store::describe(&e)), store::is_transient(&e))
+        };
         let table = client
             .query_opt(
                 "SELECT c.oid::regclass::text, quote_ident(n.nspname)
@@ -162,35 +213,37 @@ impl PostgresSource {
                 &[&self.cfg.table],
             )
             .await
-            .map_err(|e| SourceError::Query(format!("looking up table {}: {}", self.cfg.table, store::describe(&e)), store::is_transient(&e)))?
+            .map_err(lookup("the table"))?
             .ok_or_else(|| SourceError::Setup(format!("table {} does not exist (source.table)", self.cfg.table)))?;
         let (table_sql, schema): (String, String) = (table.get(0), table.get(1));
         let columns = client
             .query(
-                "SELECT a.attname, quote_ident(a.attname), format_type(a.atttypid, a.atttypmod), a.atttypmod
+                "SELECT a.attname, quote_ident(a.attname), format_type(a.atttypid, a.atttypmod), a.atttypmod,
+                        EXISTS (SELECT 1 FROM pg_index i WHERE i.indrelid = a.attrelid AND i.indkey[0] = a.attnum)
                    FROM pg_attribute a
                   WHERE a.attrelid = to_regclass($1) AND a.attnum > 0 AND NOT a.attisdropped",
                 &[&self.cfg.table],
             )
             .await
-            .map_err(|e| SourceError::Query(format!("looking up the columns of {}: {}", self.cfg.table, store::describe(&e)), store::is_transient(&e)))?;
-        let column = |name: &str, key: &str| -> Result<(String, String, i32), SourceError> {
-            columns
-                .iter()
-                .find(|r| r.get::<_, &str>(0) == name)
-                .map(|r| (r.get(1), r.get(2), r.get(3)))
-                .ok_or_else(|| {
-                    let known: Vec<&str> = columns.iter().map(|r| r.get(0)).collect();
-                    SourceError::Setup(format!("column {name:?} ({key}) is not in table {} (columns: {})", self.cfg.table, known.join(", ")))
-                })
+            .map_err(lookup("the columns"))?;
+        let column = |name: &str, key: &str| -> Result<&Row, SourceError> {
+            columns.iter().find(|r| r.get::<_, &str>(0) == name).ok_or_else(|| {
+                let known: Vec<&str> = columns.iter().map(|r| r.get(0)).collect();
+                SourceError::Setup(format!("column {name:?} ({key}) is not in table {} (columns: {})", self.cfg.table, known.join(", ")))
+            })
         };
-        let (id, id_type, _) = column(&self.cfg.id_column, "source.id_column")?;
-        let (upd, upd_type, upd_typmod) = column(&self.cfg.updated_at_column, "source.updated_at_column")?;
+        let id_row = column(&self.cfg.id_column, "source.id_column")?;
+        let (id, id_type, id_indexed): (String, String, bool) = (id_row.get(1), id_row.get(2), id_row.get(4));
+        let upd_row = column(&self.cfg.updated_at_column, "source.updated_at_column")?;
+        let (upd, upd_type, upd_typmod): (String, String, i32) = (upd_row.get(1), upd_row.get(2), upd_row.get(3));
         if !upd_type.starts_with("timestamp") {
             return Err(SourceError::Setup(format!(
                 "column {} (source.updated_at_column) is {upd_type}; it must be timestamptz or timestamp",
                 self.cfg.updated_at_column
             )));
+        }
+        if announce && !id_indexed {
+            tracing::warn!(pipeline = %self.pipeline, "no index starts with column {} (source.id_column): every page's documents will scan {}; index it", self.cfg.id_column, self.cfg.table);
         }
         // A timestamp(p) column rounds what it stores; cutoffs are floored to p digits so a
         // rounded-down value can never fall below a cutoff its transaction was held above.
@@ -209,79 +262,136 @@ impl PostgresSource {
         };
         let filter = self.cfg.filter.as_deref().map(|f| format!(" AND ({f})")).unwrap_or_default();
         let ts_param = |n: u8| format!("${n}::timestamptz::{upd_type}");
-        let select = format!(
-            "SELECT t.{id}::text, t.{upd}::timestamptz, ({document})::text, {deleted}\n  FROM {table_sql} t\n WHERE t.{upd} >= {} AND t.{upd} < {}{filter}",
+        let keys = format!(
+            "SELECT t.{id}::text, t.{upd}::timestamptz\n  FROM {table_sql} t\n WHERE t.{upd} >= {} AND t.{upd} < {}{filter}",
             ts_param(1),
             ts_param(2)
         );
-        let order = format!("\n ORDER BY t.{upd}, t.{id}\n LIMIT $3");
-        let first = format!("{select}{order}");
-        let next = format!("{select}\n   AND (t.{upd}, t.{id}) > ({}, $5::text::{id_type}){order}", ts_param(4));
-        Ok((PageSql { first, next }, precision))
+        let order = format!("\n ORDER BY t.{upd}, t.{id}");
+        Ok((
+            Queries {
+                first_keys: format!("{keys}{order}\n LIMIT $3"),
+                next_keys: format!("{keys}\n   AND (t.{upd}, t.{id}) > ({}, $5::text::{id_type}){order}\n LIMIT $3", ts_param(4)),
+                documents: format!(
+                    "SELECT t.{id}::text, t.{upd}::timestamptz, ({document})::text, {deleted}\n  FROM {table_sql} t\n WHERE t.{id} = ANY($1::text[]::{id_type}[]){filter}{order}"
+                ),
+            },
+            precision,
+        ))
     }
 
-    async fn ensure_connected(&mut self) -> Result<&Connected, SourceError> {
+    async fn connections(&mut self) -> Result<&mut Connections, SourceError> {
         if self.conn.is_none() {
             self.connect(false).await?;
         }
-        Ok(self.conn.as_ref().expect("connected above"))
+        Ok(self.conn.as_mut().expect("connected above"))
     }
 
-    async fn read_page(&mut self) -> Result<Batch, SourceError> {
+    /// Keeps up to `parallelism` pages in flight, never reading past the end of a run
+    /// (the next run's cutoff is taken only when the pipeline asks for it).
+    async fn fill(&mut self) -> Result<(), SourceError> {
+        while self.in_flight.len() < self.cfg.parallelism {
+            if self.in_flight.back().is_some_and(|p| p.ends_run) {
+                break;
+            }
+            let page = self.key_page().await?;
+            self.in_flight.push_back(page);
+        }
+        Ok(())
+    }
+
+    /// Reads the next page of keys (starting a run with a fresh cutoff if need be) and
+    /// sets its documents building.
+    async fn key_page(&mut self) -> Result<PendingPage, SourceError> {
         let limit = self.batch_size;
-        let mut started = None;
-        if self.read.cutoff.is_none() {
-            let conn = self.ensure_connected().await?;
-            let c = cutoff::cutoff(&conn.client, conn.mode).await.map_err(store_error)?;
+        let mut holdback = None;
+        if self.keys.cutoff.is_none() {
+            let conn = self.connections().await?;
+            let c = cutoff::cutoff(&conn.keys, conn.mode).await.map_err(store_error)?;
             let at = c.at.trunc_subsecs(conn.precision);
             // A cutoff held below `since` (a long transaction, clock skew) makes an empty
             // window; `since` never moves backwards.
-            self.read.cutoff = Some(at.max(self.read.since));
-            self.read.after = None;
+            self.keys.cutoff = Some(at.max(self.keys.since));
+            self.keys.after = None;
             self.fresh_run = true;
-            started = Some(c.holdback);
+            holdback = Some(c.holdback);
         }
-        let since = self.read.since;
-        let cutoff = self.read.cutoff.expect("set above");
-        self.ensure_connected().await?;
-        let conn = self.conn.as_ref().expect("connected above");
+        let since = self.keys.since;
+        let cutoff = self.keys.cutoff.expect("set above");
+        let after = self.keys.after.clone();
+        let metrics = self.metrics.clone();
+        let conn = self.connections().await?;
         let begun = Instant::now();
-        let rows = match &self.read.after {
-            None => conn.client.query(&conn.first, &[&since as &(dyn ToSql + Sync), &cutoff, &limit]).await,
-            Some((at, id)) => conn.client.query(&conn.next, &[&since as &(dyn ToSql + Sync), &cutoff, &limit, at, id]).await,
+        let rows = match &after {
+            None => conn.keys.query(&conn.first_keys, &[&since as &(dyn ToSql + Sync), &cutoff, &limit]).await,
+            Some((at, id)) => conn.keys.query(&conn.next_keys, &[&since as &(dyn ToSql + Sync), &cutoff, &limit, at, id]).await,
         };
-        self.metrics.source_latency.observe(begun.elapsed().as_secs_f64());
-        let rows = match rows {
-            Ok(rows) => {
-                self.metrics.source_request("ok");
-                rows
-            }
-            Err(e) => {
-                self.metrics.source_request("error");
-                let transient = store::is_transient(&e);
-                if transient {
-                    self.conn = None; // reconnect and prepare again on the next call
-                }
-                return Err(SourceError::Query(store::describe(&e), transient));
-            }
+        let rows = observe(&metrics, begun, rows)?;
+        let keys: Vec<(String, DateTime<Utc>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        let ends_run = (keys.len() as i64) < limit;
+        let documents = (!keys.is_empty()).then(|| {
+            let worker = conn.documents[conn.next_document % conn.documents.len()].clone();
+            conn.next_document += 1;
+            let ids: Vec<String> = keys.iter().map(|(id, _)| id.clone()).collect();
+            let metrics = metrics.clone();
+            tokio::spawn(async move {
+                let begun = Instant::now();
+                let rows = worker.client.query(&worker.statement, &[&ids]).await;
+                Ok(observe(&metrics, begun, rows)?.iter().map(record).collect())
+            })
+        });
+        let watermark = if ends_run { Some(cutoff) } else { keys.last().map(|(_, at)| *at) };
+        self.keys = match keys.last() {
+            Some((id, at)) if !ends_run => Position { after: Some((*at, id.clone())), ..self.keys.clone() },
+            _ => Position::at(cutoff),
         };
-        let records: Vec<Record> = rows.iter().map(record).collect();
-        let ends_run = (rows.len() as i64) < limit;
-        let watermark = if ends_run { Some(cutoff) } else { records.last().map(|r| r.updated_at) };
-        if ends_run {
-            self.read = Position::at(cutoff);
-        } else {
-            let last = records.last().expect("a full page has rows");
-            self.read.after = Some((last.updated_at, last.key.clone()));
-        }
+        Ok(PendingPage { position: self.keys.clone(), ends_run, fresh_run: self.fresh_run, holdback, watermark, documents })
+    }
+
+    async fn hand_over(&mut self) -> Result<Batch, SourceError> {
+        self.fill().await?;
+        let page = self.in_flight.pop_front().expect("fill leaves a page in flight");
+        let records = match page.documents {
+            Some(handle) => handle.await.map_err(|e| SourceError::Query(format!("document query task: {e}"), true))??,
+            None => Vec::new(),
+        };
+        self.handed = page.position.clone();
         Ok(Batch {
             records,
-            position: serde_json::to_value(&self.read).expect("a position serialises"),
-            ends_run,
-            fresh_run: self.fresh_run,
-            cutoff_holdback: started,
-            watermark,
+            position: serde_json::to_value(&page.position).expect("a position serialises"),
+            ends_run: page.ends_run,
+            fresh_run: page.fresh_run,
+            cutoff_holdback: page.holdback,
+            watermark: page.watermark,
         })
+    }
+
+    /// Drops the pages in flight and rewinds the key walk to what was handed over.
+    fn abandon(&mut self, reconnect: bool) {
+        for page in self.in_flight.drain(..) {
+            if let Some(handle) = page.documents {
+                handle.abort();
+            }
+        }
+        self.keys = self.handed.clone();
+        if reconnect {
+            self.conn = None;
+        }
+    }
+}
+
+/// Counts and times one query; a transient failure drops the connections.
+fn observe(metrics: &PipelineMetrics, begun: Instant, rows: Result<Vec<Row>, tokio_postgres::Error>) -> Result<Vec<Row>, SourceError> {
+    metrics.source_latency.observe(begun.elapsed().as_secs_f64());
+    match rows {
+        Ok(rows) => {
+            metrics.source_request("ok");
+            Ok(rows)
+        }
+        Err(e) => {
+            metrics.source_request("error");
+            Err(SourceError::Query(store::describe(&e), store::is_transient(&e)))
+        }
     }
 }
 
@@ -315,7 +425,7 @@ fn store_error(e: StoreError) -> SourceError {
 
 impl Source for PostgresSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
-        self.read = match position {
+        let position = match position {
             None => Position::at(since),
             Some(value) => {
                 let p: Position = serde_json::from_value(value.clone()).map_err(|e| SourceError::Position(format!("not a Postgres position: {e}")))?;
@@ -325,16 +435,16 @@ impl Source for PostgresSource {
                 p
             }
         };
+        self.handed = position;
+        self.abandon(false);
         self.fresh_run = false;
         Ok(())
     }
 
     async fn next_batch(&mut self) -> Result<Batch, SourceError> {
-        let result = self.read_page().await;
+        let result = self.hand_over().await;
         if let Err(e) = &result {
-            if e.is_retriable() {
-                self.conn = None;
-            }
+            self.abandon(e.is_retriable());
         }
         result
     }

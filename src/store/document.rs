@@ -8,7 +8,8 @@ pub fn ts(expr: &str) -> String {
 }
 
 /// The SQL expression (over alias `t`, a row of `sales_orders`) that yields the export
-/// document as `json`. `schema` is the quoted schema of the order table, where the child
+/// document as `json`. Money is stored as `numeric` and written as the shortest float
+/// (`128.23`, `12.5`), as the seed's example shows. `schema` is the quoted schema of the order table, where the child
 /// tables live too.
 pub fn export_document(schema: &str) -> String {
     format!(
@@ -17,10 +18,10 @@ pub fn export_document(schema: &str) -> String {
     'order_number', t.order_number,
     'status', t.status,
     'order_status', t.order_status,
-    'total_amount', t.total_amount,
-    'total_tax', t.total_tax,
-    'total_shipping', t.total_shipping,
-    'total_paid', t.total_paid,
+    'total_amount', t.total_amount::float8,
+    'total_tax', t.total_tax::float8,
+    'total_shipping', t.total_shipping::float8,
+    'total_paid', t.total_paid::float8,
     'customer_id', t.customer_id,
     'customer_username', t.customer_username,
     'customer_email', t.customer_email,
@@ -33,8 +34,8 @@ pub fn export_document(schema: &str) -> String {
             'sku', i.sku,
             'name', i.name,
             'quantity', i.quantity,
-            'price', i.unit_price,
-            'tax', i.tax,
+            'price', i.unit_price::float8,
+            'tax', i.tax::float8,
             'quantity_ordered', i.quantity,
             'quantity_shipped', i.quantity_shipped,
             'quantity_cancelled', i.quantity_cancelled,

@@ -1,0 +1,147 @@
+//! The benchmark of issue #2, run by `scripts/bench.sh` (which loads the database first):
+//! in one run, on one machine, it measures
+//!   (a) `order-cdc run --once` end to end, from PostgreSQL to acknowledged events;
+//!   (b) the document query alone: the same keyset pages, read by the Postgres source;
+//!   (c) rdkafka alone: producing the same payload bytes with the same producer settings;
+//! and prints orders/s, MB/s and the ratio a / min(b, c). Each is the best of `ROUNDS`.
+
+use std::time::{Duration, Instant};
+
+use order_cdc::config::{Config, SourceConfig};
+use order_cdc::metrics::Metrics;
+use order_cdc::sink::kafka::client_config;
+use order_cdc::source::postgres::PostgresSource;
+use order_cdc::source::{RecordBody, Source};
+use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
+use rdkafka::producer::{FutureProducer, FutureRecord};
+
+const ROUNDS: usize = 2;
+
+fn main() {
+    let config_path = std::env::var("ORDER_CDC_BENCH_CONFIG").expect("ORDER_CDC_BENCH_CONFIG: run scripts/bench.sh");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(bench(std::path::PathBuf::from(config_path)));
+}
+
+struct Figure {
+    name: &'static str,
+    orders: usize,
+    bytes: usize,
+    elapsed: Duration,
+}
+
+impl Figure {
+    fn rate(&self) -> f64 {
+        self.orders as f64 / self.elapsed.as_secs_f64()
+    }
+    fn print(&self) {
+        println!(
+            "{:<44} {:>8} orders {:>8.2} s {:>10.0} orders/s {:>8.1} MB/s",
+            self.name,
+            self.orders,
+            self.elapsed.as_secs_f64(),
+            self.rate(),
+            self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+        );
+    }
+}
+
+async fn bench(config_path: std::path::PathBuf) {
+    let config = Config::load(Some(&config_path)).expect("bench config");
+    let (name, pipeline) = config.pipelines.iter().next().expect("one pipeline");
+    let SourceConfig::Postgres(source_cfg) = &pipeline.source;
+
+    // (b) the source alone.
+    let mut documents = Vec::new();
+    let mut best_b: Option<Figure> = None;
+    for _ in 0..ROUNDS {
+        let metrics = Metrics::new().pipeline(name);
+        let started = Instant::now();
+        let mut source = PostgresSource::open(source_cfg.clone(), name, pipeline.batch_size, metrics).await.expect("source");
+        source.restore(None, order_cdc::timestamp::epoch()).unwrap();
+        let mut docs = Vec::new();
+        loop {
+            let batch = source.next_batch().await.expect("page");
+            for r in batch.records {
+                if let RecordBody::Document(d) = r.body {
+                    docs.push((r.key, d));
+                }
+            }
+            if batch.ends_run {
+                break;
+            }
+        }
+        let f = Figure { name: "(b) document query alone (Postgres source)", orders: docs.len(), bytes: docs.iter().map(|d| d.1.len()).sum(), elapsed: started.elapsed() };
+        if best_b.as_ref().is_none_or(|b| f.elapsed < b.elapsed) {
+            best_b = Some(f);
+        }
+        documents = docs;
+    }
+    let b = best_b.unwrap();
+
+    // (c) rdkafka alone, same settings, same bytes, same partitions.
+    let mut best_c: Option<Figure> = None;
+    for round in 0..ROUNDS {
+        let topic = format!("bench-raw-{}-{round}", std::process::id());
+        let cfg = client_config(&config.kafka, "bench");
+        let admin: AdminClient<_> = cfg.create().unwrap();
+        admin
+            .create_topics(&[NewTopic::new(&topic, pipeline.partitions, TopicReplication::Fixed(pipeline.replication_factor))], &AdminOptions::new())
+            .await
+            .unwrap();
+        let producer: FutureProducer = cfg.create().unwrap();
+        let started = Instant::now();
+        let mut pending = Vec::with_capacity(documents.len());
+        for (key, doc) in &documents {
+            loop {
+                match producer.send_result(FutureRecord::to(&topic).key(key).payload(doc)) {
+                    Ok(d) => {
+                        pending.push(d);
+                        break;
+                    }
+                    Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
+                }
+            }
+        }
+        for d in pending {
+            d.await.unwrap().expect("delivered");
+        }
+        let f = Figure { name: "(c) rdkafka producer alone", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed() };
+        if best_c.as_ref().is_none_or(|c| f.elapsed < c.elapsed) {
+            best_c = Some(f);
+        }
+    }
+    let c = best_c.unwrap();
+
+    // (a) the binary end to end, from a fresh checkpoint to a fresh topic each round.
+    let mut best_a: Option<Figure> = None;
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let topic = format!("bench-e2e-{}-{round}", std::process::id());
+        let started = Instant::now();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_order-cdc"))
+            .arg("--config")
+            .arg(&config_path)
+            .args(["run", "--once"])
+            .env(format!("ORDER_CDC__PIPELINES__{}__TOPIC", name.to_uppercase()), &topic)
+            .env("ORDER_CDC__CHECKPOINT__DIR", dir.path())
+            .env("RUST_LOG", "warn")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let f = Figure { name: "(a) order-cdc run --once, end to end", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed() };
+        if best_a.as_ref().is_none_or(|a| f.elapsed < a.elapsed) {
+            best_a = Some(f);
+        }
+    }
+    let a = best_a.unwrap();
+
+    println!();
+    println!("batch_size {} | max_in_flight_batches {} | kafka properties {:?}", pipeline.batch_size, pipeline.max_in_flight_batches, config.kafka.properties);
+    println!("average document: {} bytes", b.bytes / b.orders.max(1));
+    b.print();
+    c.print();
+    a.print();
+    let floor = b.rate().min(c.rate());
+    println!("ratio a / min(b, c) = {:.2}", a.rate() / floor);
+}

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The throughput benchmark: 200,000 orders of 3 items each in a fresh database, then
+# `cargo bench --bench end_to_end`, which measures order-cdc end to end next to the
+# document query alone and the raw rdkafka producer, in the same run.
+#   BENCH_ORDERS=200000 scripts/bench.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ORDERS=${BENCH_ORDERS:-200000}
+DB=order_cdc_bench
+ADMIN="postgres://postgres:postgres@127.0.0.1:5432/postgres"
+URL="postgres://postgres:postgres@127.0.0.1:5432/$DB"
+
+scripts/stack.sh up >/dev/null
+cargo build --release --locked
+psql "$ADMIN" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" -c "CREATE DATABASE $DB"
+
+CONFIG=$(mktemp --suffix .toml)
+trap 'rm -f "$CONFIG"' EXIT
+cat >"$CONFIG" <<TOML
+[database]
+url = "$URL"
+
+[metrics]
+listen = "127.0.0.1:0"
+
+[pipelines.bench]
+topic = "bench"
+batch_size = ${BENCH_BATCH_SIZE:-1000}
+
+[pipelines.bench.source]
+kind = "postgres"
+url = "$URL"
+TOML
+
+target/release/order-cdc --config "$CONFIG" migrate
+echo "loading $ORDERS orders..."
+target/release/order-cdc --config "$CONFIG" demo-load --orders "$ORDERS" --items-per-order 3
+psql "$URL" -qc "VACUUM ANALYZE"
+echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
+ORDER_CDC_BENCH_CONFIG="$CONFIG" cargo bench --locked --bench end_to_end
