@@ -285,7 +285,7 @@ impl Config {
             }
             builder = builder.add_source(config::File::from(path));
         }
-        let env = config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__");
+        let env = config::Environment::with_prefix(ENV_PREFIX).prefix_separator("__").separator("__").try_parsing(true);
         let mut cfg: Config = builder.add_source(env).build()?.try_deserialize()?;
         cfg.normalise_env_properties();
         cfg.validate()?;

@@ -276,3 +276,52 @@ async fn checkpoint_commands_show_set_and_reset() {
     assert_eq!(counts_by_key(&read_topic(&topic))["1"], 2, "after a reset everything is sent again");
     db.drop_db().await;
 }
+
+/// The export document has the shape of seed 001's example, escapes text, writes NULL as
+/// null and money as the shortest number, and keeps microseconds.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_export_document_has_the_seed_001_shape() {
+    let (db, client) = TestDb::migrated().await;
+    client
+        .batch_execute(
+            r#"INSERT INTO products (id, sku, name, upc) VALUES (123, 'WIDGET-001', 'Premium "Widget"', '123456789012');
+               INSERT INTO sales_orders (id, order_number, order_status, total_amount, total_tax, total_shipping, total_paid,
+                                         customer_id, customer_username, customer_email, order_date)
+                    VALUES (1001, 'ORD-2024-001', 'awaiting_shipment', 128.23, 15.75, 12.50, 128.23, 42, 'johndoe', NULL, '2024-01-15');
+               INSERT INTO sales_order_items (sales_order_id, line_number, product_id, sku, name, quantity, unit_price, tax)
+                    VALUES (1001, 1, 123, 'WIDGET-001', 'Premium "Widget"', 2, 49.99, 7.5);
+               INSERT INTO shipments (sales_order_id, carrier, tracking_number, status) VALUES (1001, E'UPS\\Ground\n', NULL, 'pending');
+               INSERT INTO fulfillment_orders (sales_order_id, order_number, status, warehouse_group_id) VALUES (1001, 'ORD-2024-001-A', 'pending', 3);"#,
+        )
+        .await
+        .unwrap();
+    let topic = unique("shape");
+    Setup::new(&Pipeline::new(&db.url, &topic)).run_once();
+    let events = read_topic(&topic);
+    assert_eq!(events.len(), 1);
+    let doc: serde_json::Value = serde_json::from_str(events[0].text()).expect("valid JSON");
+    let updated_at: chrono::DateTime<chrono::Utc> =
+        client.query_one("SELECT updated_at FROM sales_orders WHERE id = 1001", &[]).await.unwrap().get(0);
+    assert_eq!(doc["order_id"], 1001);
+    assert_eq!(doc["order_number"], "ORD-2024-001");
+    assert_eq!(doc["status"], "Active");
+    assert_eq!(doc["order_status"], "awaiting_shipment");
+    assert_eq!(doc["total_amount"], 128.23);
+    assert_eq!(doc["total_shipping"], 12.5);
+    assert_eq!(doc["customer_id"], 42);
+    assert!(doc["customer_email"].is_null());
+    assert_eq!(doc["order_date"], "2024-01-15");
+    assert_eq!(doc["updated_at"], order_cdc::timestamp::format(updated_at));
+    assert_eq!(doc["items"][0]["name"], "Premium \"Widget\"");
+    assert_eq!(doc["items"][0]["price"], 49.99);
+    assert_eq!(doc["items"][0]["quantity"], 2);
+    assert_eq!(doc["shipments"][0]["carrier"], "UPS\\Ground\n");
+    assert!(doc["shipments"][0]["tracking_number"].is_null());
+    assert!(doc["shipments"][0]["shipped_at"].is_null());
+    assert_eq!(doc["fulfillment_orders"][0]["warehouse_group_id"], 3);
+    let keys: Vec<&str> = doc.as_object().unwrap().keys().map(String::as_str).collect();
+    for key in ["order_id", "order_number", "status", "order_status", "total_amount", "total_tax", "total_shipping", "total_paid", "customer_id", "customer_username", "customer_email", "order_date", "created_at", "updated_at", "items", "shipments", "fulfillment_orders"] {
+        assert!(keys.contains(&key), "{key} missing");
+    }
+    db.drop_db().await;
+}

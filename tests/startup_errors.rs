@@ -79,6 +79,26 @@ fn bad_value_from_the_environment() {
     assert_one_clear_line(String::from_utf8_lossy(&out.stderr).trim(), &["batch_size"]);
 }
 
+/// Numbers and durations from the environment are parsed like the file's (a broker list or
+/// a password made of digits stays a string).
+#[test]
+fn typed_values_from_the_environment() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    std::fs::write(&path, config("", &good_source(&database_url()))).unwrap();
+    let out = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .args(["checkpoint", "show", "--pipeline", "p"])
+        .env("ORDER_CDC__PIPELINES__P__BATCH_SIZE", "250")
+        .env("ORDER_CDC__PIPELINES__P__SOURCE__PARALLELISM", "3")
+        .env("ORDER_CDC__PIPELINES__P__POLL_INTERVAL", "1s")
+        .env("ORDER_CDC__PIPELINES__P__TOPIC", "12345")
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
 #[test]
 fn unknown_key() {
     let (ok, err) = run_with(&config("batchsize = 10", &good_source(&database_url())), &["run", "--once"]);

@@ -1,77 +1,131 @@
 //! The export document of seed 001, built by PostgreSQL from the reference schema. It
 //! leaves the database as JSON text and reaches Kafka as those bytes: never parsed into
 //! structs and encoded again.
+//!
+//! The SQL is generated from field lists. Each field is written by plain text
+//! concatenation, which PostgreSQL does about a third faster than `json_build_object`
+//! (that one looks up every argument's type on every row), and building documents is
+//! where the database spends its time. Strings are escaped by `to_json(text)`; NULL
+//! becomes `null` field by field, because one NULL would otherwise blank the whole `||`.
+
+/// How a column becomes a JSON value.
+#[derive(Clone, Copy)]
+pub enum Json<'a> {
+    /// A number column (integer, numeric).
+    Number(&'a str),
+    /// Money: `numeric` written as the shortest float (`128.23`, `12.5`), as seed 001 shows.
+    Money(&'a str),
+    /// Text, escaped.
+    Text(&'a str),
+    /// A `date`, as `YYYY-MM-DD`.
+    Date(&'a str),
+    /// A timestamp: UTC, microseconds, `Z`.
+    Timestamp(&'a str),
+    /// An SQL expression that already yields JSON text (never NULL).
+    Raw(&'a str),
+}
+
+impl Json<'_> {
+    fn sql(&self) -> String {
+        match self {
+            Json::Number(e) => format!("coalesce(({e})::text, 'null')"),
+            Json::Money(e) => format!("coalesce(({e})::float8::text, 'null')"),
+            Json::Text(e) => format!("coalesce(to_json(({e})::text)::text, 'null')"),
+            Json::Date(e) => format!(r#"coalesce('"' || to_char({e}, 'YYYY-MM-DD') || '"', 'null')"#),
+            Json::Timestamp(e) => format!(r#"coalesce('"' || {} || '"', 'null')"#, ts(e)),
+            Json::Raw(e) => e.to_string(),
+        }
+    }
+}
 
 /// A timestamp the way every document writes it: UTC, microseconds, `Z`.
 pub fn ts(expr: &str) -> String {
     format!(r#"to_char(({expr}) AT TIME ZONE 'UTC', 'YYYY-MM-DD"T"HH24:MI:SS.US"Z"')"#)
 }
 
+/// An SQL text expression that yields the JSON object of these fields.
+pub fn object(fields: &[(&str, Json)]) -> String {
+    let mut sql = String::from("'{'");
+    for (i, (name, value)) in fields.iter().enumerate() {
+        let sep = if i == 0 { "" } else { "," };
+        sql.push_str(&format!("\n || '{sep}\"{name}\":' || {}", value.sql()));
+    }
+    sql.push_str(" || '}'");
+    sql
+}
+
+/// An SQL text expression that yields the JSON array of `object` over the rows of `from`
+/// (which names its alias), in `order` (`[]` when there are none).
+pub fn array(object: &str, from: &str, order: &str) -> String {
+    format!("coalesce((SELECT '[' || string_agg({object}, ',' ORDER BY {order}) || ']' FROM {from}), '[]')")
+}
+
 /// The SQL expression (over alias `t`, a row of `sales_orders`) that yields the export
-/// document as `json`. Money is stored as `numeric` and written as the shortest float
-/// (`128.23`, `12.5`), as the seed's example shows. `schema` is the quoted schema of the order table, where the child
-/// tables live too.
+/// document as JSON text. `schema` is the quoted schema of the order table, where the
+/// child tables live too.
 pub fn export_document(schema: &str) -> String {
-    format!(
-        r#"json_build_object(
-    'order_id', t.id,
-    'order_number', t.order_number,
-    'status', t.status,
-    'order_status', t.order_status,
-    'total_amount', t.total_amount::float8,
-    'total_tax', t.total_tax::float8,
-    'total_shipping', t.total_shipping::float8,
-    'total_paid', t.total_paid::float8,
-    'customer_id', t.customer_id,
-    'customer_username', t.customer_username,
-    'customer_email', t.customer_email,
-    'order_date', t.order_date,
-    'created_at', {created},
-    'updated_at', {updated},
-    'items', coalesce((
-        SELECT json_agg(json_build_object(
-            'order_item_id', i.id,
-            'sku', i.sku,
-            'name', i.name,
-            'quantity', i.quantity,
-            'price', i.unit_price::float8,
-            'tax', i.tax::float8,
-            'quantity_ordered', i.quantity,
-            'quantity_shipped', i.quantity_shipped,
-            'quantity_cancelled', i.quantity_cancelled,
-            'created_at', {i_created},
-            'updated_at', {i_updated}) ORDER BY i.line_number, i.id)
-        FROM {schema}.sales_order_items i WHERE i.sales_order_id = t.id), '[]'::json),
-    'shipments', coalesce((
-        SELECT json_agg(json_build_object(
-            'shipment_id', s.id,
-            'carrier', s.carrier,
-            'service', s.service,
-            'tracking_number', s.tracking_number,
-            'status', s.status,
-            'shipped_at', {s_shipped},
-            'created_at', {s_created},
-            'updated_at', {s_updated}) ORDER BY s.id)
-        FROM {schema}.shipments s WHERE s.sales_order_id = t.id), '[]'::json),
-    'fulfillment_orders', coalesce((
-        SELECT json_agg(json_build_object(
-            'fulfillment_order_id', f.id,
-            'order_number', f.order_number,
-            'status', f.status,
-            'warehouse_group_id', f.warehouse_group_id,
-            'created_at', {f_created},
-            'updated_at', {f_updated}) ORDER BY f.id)
-        FROM {schema}.fulfillment_orders f WHERE f.sales_order_id = t.id), '[]'::json))"#,
-        created = ts("t.created_at"),
-        updated = ts("t.updated_at"),
-        i_created = ts("i.created_at"),
-        i_updated = ts("i.updated_at"),
-        s_shipped = ts("s.shipped_at"),
-        s_created = ts("s.created_at"),
-        s_updated = ts("s.updated_at"),
-        f_created = ts("f.created_at"),
-        f_updated = ts("f.updated_at"),
-    )
+    let items = array(
+        &object(&[
+            ("order_item_id", Json::Number("i.id")),
+            ("sku", Json::Text("i.sku")),
+            ("name", Json::Text("i.name")),
+            ("quantity", Json::Number("i.quantity")),
+            ("price", Json::Money("i.unit_price")),
+            ("tax", Json::Money("i.tax")),
+            ("quantity_ordered", Json::Number("i.quantity")),
+            ("quantity_shipped", Json::Number("i.quantity_shipped")),
+            ("quantity_cancelled", Json::Number("i.quantity_cancelled")),
+            ("created_at", Json::Timestamp("i.created_at")),
+            ("updated_at", Json::Timestamp("i.updated_at")),
+        ]),
+        &format!("{schema}.sales_order_items i WHERE i.sales_order_id = t.id"),
+        "i.line_number, i.id",
+    );
+    let shipments = array(
+        &object(&[
+            ("shipment_id", Json::Number("s.id")),
+            ("carrier", Json::Text("s.carrier")),
+            ("service", Json::Text("s.service")),
+            ("tracking_number", Json::Text("s.tracking_number")),
+            ("status", Json::Text("s.status")),
+            ("shipped_at", Json::Timestamp("s.shipped_at")),
+            ("created_at", Json::Timestamp("s.created_at")),
+            ("updated_at", Json::Timestamp("s.updated_at")),
+        ]),
+        &format!("{schema}.shipments s WHERE s.sales_order_id = t.id"),
+        "s.id",
+    );
+    let fulfillment_orders = array(
+        &object(&[
+            ("fulfillment_order_id", Json::Number("f.id")),
+            ("order_number", Json::Text("f.order_number")),
+            ("status", Json::Text("f.status")),
+            ("warehouse_group_id", Json::Number("f.warehouse_group_id")),
+            ("created_at", Json::Timestamp("f.created_at")),
+            ("updated_at", Json::Timestamp("f.updated_at")),
+        ]),
+        &format!("{schema}.fulfillment_orders f WHERE f.sales_order_id = t.id"),
+        "f.id",
+    );
+    object(&[
+        ("order_id", Json::Number("t.id")),
+        ("order_number", Json::Text("t.order_number")),
+        ("status", Json::Text("t.status")),
+        ("order_status", Json::Text("t.order_status")),
+        ("total_amount", Json::Money("t.total_amount")),
+        ("total_tax", Json::Money("t.total_tax")),
+        ("total_shipping", Json::Money("t.total_shipping")),
+        ("total_paid", Json::Money("t.total_paid")),
+        ("customer_id", Json::Number("t.customer_id")),
+        ("customer_username", Json::Text("t.customer_username")),
+        ("customer_email", Json::Text("t.customer_email")),
+        ("order_date", Json::Date("t.order_date")),
+        ("created_at", Json::Timestamp("t.created_at")),
+        ("updated_at", Json::Timestamp("t.updated_at")),
+        ("items", Json::Raw(&items)),
+        ("shipments", Json::Raw(&shipments)),
+        ("fulfillment_orders", Json::Raw(&fulfillment_orders)),
+    ])
 }
 
 /// Orders that are no longer active leave the export; the source turns them into
