@@ -258,7 +258,7 @@ fn default_cutoff_max_hold() -> Duration {
     Duration::from_secs(15 * 60)
 }
 fn default_parallelism() -> usize {
-    2
+    3
 }
 fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
