@@ -92,7 +92,9 @@ pg_down() {
 kafka_cp() { echo "$KAFKA_DIR/libs/*"; }
 
 kafka_answers() {
-  # Ready means a metadata request succeeds, not merely an open port.
+  # Ready means a metadata request succeeds, not merely an open port; but with the port
+  # closed there is no point asking (the admin client would wait a minute for it).
+  (exec 3<>"/dev/tcp/127.0.0.1/$KAFKA_PORT") 2>/dev/null || return 1
   java -Xmx128m -cp "$(kafka_cp)" org.apache.kafka.tools.TopicCommand \
     --bootstrap-server "$BROKERS" --list >/dev/null 2>&1
 }

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::secret::SecretUrl;
+use crate::secret::{Secret, SecretUrl};
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 const ENV_PREFIX: &str = "ORDER_CDC";
@@ -40,6 +40,9 @@ pub struct Config {
     /// The reference-schema database that `migrate` and `demo-load` work on.
     #[serde(default)]
     pub database: Option<DatabaseConfig>,
+    /// `order-cdc serve`: the order API of the seed documents over PostgreSQL.
+    #[serde(default)]
+    pub server: Option<ServerConfig>,
     /// One table per pipeline, keyed by the pipeline's name.
     #[serde(default)]
     pub pipelines: BTreeMap<String, PipelineConfig>,
@@ -105,6 +108,52 @@ pub struct RunConfig {
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
     pub url: SecretUrl,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerConfig {
+    #[serde(default = "default_server_listen")]
+    pub listen: SocketAddr,
+    /// Bound into every cursor: a cursor issued to another tenant is refused.
+    pub tenant: String,
+    /// The database with the reference schema.
+    pub database_url: SecretUrl,
+    /// Accepted bearer tokens.
+    pub tokens: Vec<Secret>,
+    /// HMAC keys for cursors, by key id. Keep an old key listed while its cursors may
+    /// still be in use; remove it to refuse them.
+    pub cursor_keys: BTreeMap<String, Secret>,
+    /// The key id that signs new cursors.
+    pub cursor_key: String,
+    #[serde(default = "default_cursor_ttl", with = "humantime_serde")]
+    pub cursor_ttl: Duration,
+    /// Request bodies larger than this are refused (413).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Connections to the database.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+    /// The export cutoff, as for the Postgres source.
+    #[serde(default)]
+    pub cutoff: CutoffKind,
+    #[serde(default = "default_cutoff_lag", with = "humantime_serde")]
+    pub cutoff_lag: Duration,
+    #[serde(default = "default_cutoff_max_hold", with = "humantime_serde")]
+    pub cutoff_max_hold: Duration,
+}
+
+fn default_server_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("a socket address")
+}
+fn default_cursor_ttl() -> Duration {
+    Duration::from_secs(24 * 3600)
+}
+fn default_max_body_bytes() -> usize {
+    1 << 20
+}
+fn default_pool_size() -> usize {
+    8
 }
 
 #[derive(Debug, Deserialize)]
@@ -345,6 +394,27 @@ impl Config {
             }
         }
         Ok(())
+    }
+
+    /// The server's configuration, checked.
+    pub fn server(&self) -> Result<&ServerConfig, ConfigError> {
+        let s = self.server.as_ref().ok_or_else(|| invalid("server", "missing (serve needs [server])"))?;
+        if s.tenant.trim().is_empty() {
+            return Err(invalid("server.tenant", "must not be empty"));
+        }
+        if s.tokens.is_empty() || s.tokens.iter().any(|t| t.expose().len() < 16) {
+            return Err(invalid("server.tokens", "list at least one token, each at least 16 characters"));
+        }
+        if s.cursor_keys.values().any(|k| k.expose().len() < 32) {
+            return Err(invalid("server.cursor_keys", "each key must be at least 32 characters"));
+        }
+        if !s.cursor_keys.contains_key(&s.cursor_key) {
+            return Err(invalid("server.cursor_key", format!("{:?} is not in server.cursor_keys", s.cursor_key)));
+        }
+        if s.pool_size == 0 {
+            return Err(invalid("server.pool_size", "must be at least 1"));
+        }
+        Ok(s)
     }
 
     /// The pipelines to run: all, or the ones named (each must exist).

@@ -15,6 +15,7 @@ pub mod logging;
 pub mod metrics;
 pub mod pipeline;
 pub mod secret;
+pub mod server;
 pub mod shutdown;
 pub mod sink;
 pub mod source;

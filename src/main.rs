@@ -8,7 +8,8 @@ use clap::{Parser, Subcommand};
 
 use order_cdc::checkpoint::{self, Checkpoint, FileStore};
 use order_cdc::config::Config;
-use order_cdc::{daemon, logging, source, store, timestamp};
+use order_cdc::metrics::Metrics;
+use order_cdc::{daemon, logging, server, source, store, timestamp};
 
 #[derive(Parser)]
 #[command(name = "order-cdc", version, about = "Every change to every sales order, onto Kafka")]
@@ -24,6 +25,8 @@ struct Cli {
 enum Command {
     /// Create or upgrade the reference schema in [database].url.
     Migrate,
+    /// Serve the sales-order API ([server]) over the reference schema.
+    Serve,
     /// Stream every configured pipeline to Kafka.
     Run {
         /// Drain every pipeline up to a fresh cutoff, then exit 0.
@@ -102,6 +105,19 @@ async fn dispatch(command: Command, config: Config) -> Result<(), Box<dyn std::e
             }
         }
         Command::Run { once, pipelines } => daemon::run(config, &pipelines, once).await?,
+        Command::Serve => {
+            let server = config.server()?;
+            let metrics = Metrics::new();
+            let (trigger, shutdown) = order_cdc::shutdown::channel();
+            let _metrics = order_cdc::metrics::serve(metrics.clone(), config.metrics.listen, shutdown.clone())
+                .await
+                .map_err(|e| format!("metrics listener {}: {e}", config.metrics.listen))?;
+            tokio::spawn(async move {
+                order_cdc::shutdown::signal().await;
+                trigger.trigger();
+            });
+            server::serve(server, metrics, shutdown).await?;
+        }
         Command::DemoLoad { orders, items_per_order } => {
             let mut client = store::connect(config.database_url()?, std::time::Duration::from_secs(10), "order-cdc/demo-load").await?;
             let n = store::demo::load(&mut client, orders, items_per_order).await?;

@@ -32,6 +32,8 @@ pub struct Metrics {
     lag: GaugeVec,
     cutoff_holdback: GaugeVec,
     errors: IntCounterVec,
+    http_requests: IntCounterVec,
+    http_latency: HistogramVec,
     health: Health,
 }
 
@@ -112,6 +114,8 @@ impl Metrics {
             lag: gauge(r, "order_cdc_lag_seconds", "Now minus the newest committed updated_at.", &["pipeline"]),
             cutoff_holdback: gauge(r, "order_cdc_cutoff_holdback_seconds", "How far the run's cutoff is held below the database clock (late-commit guard or lag).", &["pipeline"]),
             errors: counter(r, "order_cdc_errors_total", "Errors by kind.", &["pipeline", "kind"]),
+            http_requests: counter(r, "order_cdc_http_requests_total", "Requests to `order-cdc serve` by route and status.", &["route", "status"]),
+            http_latency: histogram(r, "order_cdc_http_request_duration_seconds", "Latency of `order-cdc serve` requests by route.", &["route"]),
             registry,
             health: Health::default(),
         })
@@ -136,6 +140,12 @@ impl Metrics {
             cutoff_holdback: self.cutoff_holdback.with_label_values(&[name]),
             families: self.clone(),
         }
+    }
+
+    /// One request to the server.
+    pub fn http_request(&self, route: &str, status: u16, elapsed: std::time::Duration) {
+        self.http_requests.with_label_values(&[route, &status.to_string()]).inc();
+        self.http_latency.with_label_values(&[route]).observe(elapsed.as_secs_f64());
     }
 
     pub fn render(&self) -> String {

@@ -13,6 +13,8 @@
 pub enum Json<'a> {
     /// A number column (integer, numeric).
     Number(&'a str),
+    /// A boolean column.
+    Bool(&'a str),
     /// Money: `numeric` written as the shortest float (`128.23`, `12.5`), as seed 001 shows.
     Money(&'a str),
     /// Text, escaped.
@@ -28,7 +30,7 @@ pub enum Json<'a> {
 impl Json<'_> {
     fn sql(&self) -> String {
         match self {
-            Json::Number(e) => format!("coalesce(({e})::text, 'null')"),
+            Json::Number(e) | Json::Bool(e) => format!("coalesce(({e})::text, 'null')"),
             Json::Money(e) => format!("coalesce(({e})::float8::text, 'null')"),
             Json::Text(e) => format!("coalesce(to_json(({e})::text)::text, 'null')"),
             Json::Date(e) => format!(r#"coalesce('"' || to_char({e}, 'YYYY-MM-DD') || '"', 'null')"#),

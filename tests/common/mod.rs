@@ -312,3 +312,21 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+pub mod server;
+
+/// Waits until the database clock has moved far enough past the newest order change that
+/// a fresh cutoff (held 100 ms below the clock) covers it.
+pub async fn wait_for_cutoff_past_writes(client: &Client) {
+    let end = Instant::now() + Duration::from_secs(10);
+    loop {
+        let row = client
+            .query_one("SELECT clock_timestamp() - interval '150 ms' > coalesce(max(updated_at), '-infinity') FROM sales_orders", &[])
+            .await
+            .unwrap();
+        if row.get::<_, bool>(0) {
+            return;
+        }
+        assert!(Instant::now() < end, "the database clock did not pass the last write");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}

@@ -1,0 +1,564 @@
+//! `POST /sales-orders` (seed 004): every rule of the seed, checked before anything is
+//! written, reported together as field errors (422); a duplicate order number is a 409;
+//! success is a 201 with the full order document, built by PostgreSQL like the export's.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use chrono::NaiveDate;
+use serde_json::{Map, Value};
+use tokio_postgres::error::SqlState;
+
+use super::error::{ApiError, FieldError};
+use super::AppState;
+use crate::store::document::{array, object, Json};
+
+/// Seed 004's `order_status` values.
+pub const ORDER_STATUSES: &[&str] = &[
+    "pending", "shipped", "fulfilled", "cancelled", "awaiting_shipment", "partially_shipped", "on_hold", "backorder",
+    "partially_refunded", "committed", "processing", "completed",
+];
+const MAX_TEXT: usize = 255;
+const DATES: &[&str] = &["ship_date", "hold_until_date", "ship_by_date", "earliest_ship_date"];
+const TEXTS: &[&str] = &["customer_username", "customer_po_number", "requested_shipping_service"];
+const NOTES: &[&str] = &["customer_notes", "internal_notes"];
+
+/// A valid request, ready to insert. Money is in cents, so totals add up exactly.
+#[derive(Debug)]
+struct NewOrder {
+    channel_id: i64,
+    order_number: String,
+    order_date: NaiveDate,
+    order_status: String,
+    customer_email: Option<String>,
+    texts: Vec<(&'static str, Option<String>)>,
+    dates: Vec<(&'static str, Option<NaiveDate>)>,
+    company_id: Option<i64>,
+    bill_to: Option<Value>,
+    ship_to: Option<Value>,
+    total_tax: i64,
+    total_shipping: i64,
+    custom_fields: Value,
+    tags: Vec<String>,
+    items: Vec<NewItem>,
+}
+
+#[derive(Debug)]
+struct NewItem {
+    product_id: i64,
+    quantity: i64,
+    unit_price: i64,
+    tags: Value,
+    custom_fields: Value,
+}
+
+/// Collects field errors while reading the request.
+struct Checker {
+    errors: Vec<FieldError>,
+}
+
+impl Checker {
+    fn fail(&mut self, field: &str, message: impl Into<String>) {
+        self.errors.push(FieldError { field: field.to_string(), message: message.into() });
+    }
+
+    fn integer(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<i64> {
+        match obj.get(key) {
+            None | Some(Value::Null) if required => {
+                self.fail(path, "is required");
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(v) => v.as_i64().or_else(|| {
+                self.fail(path, "must be an integer");
+                None
+            }),
+        }
+    }
+
+    fn text(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool, max: Option<usize>) -> Option<String> {
+        match obj.get(key) {
+            None | Some(Value::Null) if required => {
+                self.fail(path, "is required");
+                None
+            }
+            None | Some(Value::Null) => None,
+            Some(Value::String(s)) if required && s.trim().is_empty() => {
+                self.fail(path, "must not be empty");
+                None
+            }
+            Some(Value::String(s)) if max.is_some_and(|m| s.chars().count() > m) => {
+                self.fail(path, format!("must be at most {} characters", max.unwrap_or_default()));
+                None
+            }
+            Some(Value::String(s)) => Some(s.clone()),
+            Some(_) => {
+                self.fail(path, "must be a string");
+                None
+            }
+        }
+    }
+
+    fn date(&mut self, obj: &Map<String, Value>, key: &str, required: bool) -> Option<NaiveDate> {
+        let s = self.text(obj, key, key, required, None)?;
+        NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok().filter(|_| s.len() == 10).or_else(|| {
+            self.fail(key, "must be a date as YYYY-MM-DD");
+            None
+        })
+    }
+
+    /// A non-negative amount, in cents (at most two decimals).
+    fn money(&mut self, obj: &Map<String, Value>, key: &str, path: &str) -> i64 {
+        match obj.get(key) {
+            None | Some(Value::Null) => 0,
+            Some(Value::Number(n)) => match n.as_f64() {
+                Some(x) if x.is_finite() && x >= 0.0 && x * 100.0 <= MAX_CENTS as f64 => {
+                    let cents = (x * 100.0).round();
+                    if (cents / 100.0 - x).abs() > 1e-9 {
+                        self.fail(path, "must have at most two decimals");
+                    }
+                    cents as i64
+                }
+                _ => {
+                    self.fail(path, "must be a number >= 0");
+                    0
+                }
+            },
+            Some(_) => {
+                self.fail(path, "must be a number >= 0");
+                0
+            }
+        }
+    }
+
+    fn object(&mut self, obj: &Map<String, Value>, key: &str, path: &str) -> Option<Value> {
+        match obj.get(key) {
+            None | Some(Value::Null) => None,
+            Some(v @ Value::Object(_)) => Some(v.clone()),
+            Some(_) => {
+                self.fail(path, "must be an object");
+                None
+            }
+        }
+    }
+
+    fn tags(&mut self, obj: &Map<String, Value>, key: &str, path: &str) -> Vec<String> {
+        match obj.get(key) {
+            None | Some(Value::Null) => Vec::new(),
+            Some(Value::Array(tags)) => {
+                let mut out = Vec::new();
+                for (i, t) in tags.iter().enumerate() {
+                    match t.as_str() {
+                        Some(s) if !s.trim().is_empty() && s.chars().count() <= MAX_TEXT => out.push(s.to_string()),
+                        _ => self.fail(&format!("{path}[{i}]"), "must be a non-empty string of at most 255 characters"),
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.fail(path, "must be an array of strings");
+                Vec::new()
+            }
+        }
+    }
+}
+
+fn is_email(s: &str) -> bool {
+    let Some((local, domain)) = s.split_once('@') else { return false };
+    !local.is_empty()
+        && domain.contains('.')
+        && !domain.starts_with('.')
+        && !domain.ends_with('.')
+        && !s.chars().any(|c| c.is_whitespace() || c == ',')
+        && !domain.contains('@')
+}
+
+/// PostgreSQL text cannot hold NUL characters; find the first field that has one.
+fn nul_path(value: &Value, path: &str) -> Option<String> {
+    match value {
+        Value::String(s) if s.contains('\0') => Some(path.to_string()),
+        Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_path(v, &format!("{path}[{i}]"))),
+        Value::Object(map) => map.iter().find_map(|(k, v)| {
+            if k.contains('\0') {
+                return Some(path.to_string());
+            }
+            nul_path(v, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") })
+        }),
+        _ => None,
+    }
+}
+
+/// The largest amount a `numeric(14,2)` column holds, in cents.
+const MAX_CENTS: i64 = 100_000_000_000_000 - 1;
+
+fn validate(body: &Value) -> Result<NewOrder, ApiError> {
+    let Some(obj) = body.as_object() else {
+        return Err(ApiError::validation(vec![FieldError { field: "body".into(), message: "must be a JSON object".into() }]));
+    };
+    if let Some(path) = nul_path(body, "") {
+        let field = if path.is_empty() { "body".to_string() } else { path };
+        return Err(ApiError::validation(vec![FieldError { field, message: "must not contain NUL characters".into() }]));
+    }
+    let mut c = Checker { errors: Vec::new() };
+    let channel_id = c.integer(obj, "channel_id", "channel_id", true);
+    let order_number = c.text(obj, "order_number", "order_number", true, Some(MAX_TEXT));
+    let order_date = c.date(obj, "order_date", true);
+    let order_status = c.text(obj, "order_status", "order_status", true, Some(MAX_TEXT));
+    if let Some(s) = &order_status {
+        if !ORDER_STATUSES.contains(&s.as_str()) {
+            c.fail("order_status", format!("must be one of: {}", ORDER_STATUSES.join(", ")));
+        }
+    }
+    let customer_email = c.text(obj, "customer_email", "customer_email", false, Some(MAX_TEXT));
+    if customer_email.as_deref().is_some_and(|e| !is_email(e)) {
+        c.fail("customer_email", "must be an email address");
+    }
+    let texts = TEXTS.iter().map(|k| (*k, c.text(obj, k, k, false, Some(MAX_TEXT)))).collect();
+    let notes: Vec<_> = NOTES.iter().map(|k| (*k, c.text(obj, k, k, false, None))).collect();
+    let dates = DATES.iter().map(|k| (*k, c.date(obj, k, false))).collect();
+    let company_id = c.integer(obj, "company_id", "company_id", false);
+    let bill_to = c.object(obj, "bill_to", "bill_to");
+    let ship_to = c.object(obj, "ship_to", "ship_to");
+    if company_id.is_none() && !c.errors.iter().any(|e| e.field == "company_id") {
+        for (key, value) in [("bill_to", &bill_to), ("ship_to", &ship_to)] {
+            if value.is_none() && !c.errors.iter().any(|e| e.field == key) {
+                c.fail(key, "is required when company_id is not given");
+            }
+        }
+    }
+    let total_tax = c.money(obj, "total_tax", "total_tax");
+    let total_shipping = c.money(obj, "total_shipping", "total_shipping");
+    let custom_fields = c.object(obj, "custom_fields", "custom_fields").unwrap_or_else(|| Value::Object(Map::new()));
+    let tags = c.tags(obj, "tags", "tags");
+    let mut items = Vec::new();
+    match obj.get("items") {
+        Some(Value::Array(list)) if !list.is_empty() => {
+            for (i, item) in list.iter().enumerate() {
+                let path = |k: &str| format!("items[{i}].{k}");
+                let Some(item) = item.as_object() else {
+                    c.fail(&format!("items[{i}]"), "must be an object");
+                    continue;
+                };
+                let product_id = c.integer(item, "product_id", &path("product_id"), true);
+                let quantity = c.integer(item, "quantity", &path("quantity"), true);
+                if quantity.is_some_and(|q| q <= 0) {
+                    c.fail(&path("quantity"), "must be greater than 0");
+                } else if quantity.is_some_and(|q| q > i32::MAX as i64) {
+                    c.fail(&path("quantity"), "is too large");
+                }
+                let unit_price = c.money(item, "unit_price", &path("unit_price"));
+                let item_tags = c.tags(item, "tags", &path("tags"));
+                let item_fields = c.object(item, "custom_fields", &path("custom_fields")).unwrap_or_else(|| Value::Object(Map::new()));
+                if let (Some(product_id), Some(quantity)) = (product_id, quantity) {
+                    items.push(NewItem { product_id, quantity, unit_price, tags: Value::from(item_tags), custom_fields: item_fields });
+                }
+            }
+        }
+        Some(Value::Array(_)) => c.fail("items", "must have at least one item"),
+        None | Some(Value::Null) => c.fail("items", "is required"),
+        Some(_) => c.fail("items", "must be an array"),
+    }
+    let product_total = items.iter().fold(0i64, |sum, i| sum.saturating_add(i.quantity.saturating_mul(i.unit_price)));
+    if product_total.saturating_add(total_tax).saturating_add(total_shipping) > MAX_CENTS {
+        c.fail("items", "the order total is too large");
+    }
+    if !c.errors.is_empty() {
+        return Err(ApiError::validation(c.errors));
+    }
+    let mut texts: Vec<(&'static str, Option<String>)> = texts;
+    texts.extend(notes);
+    Ok(NewOrder {
+        channel_id: channel_id.expect("checked"),
+        order_number: order_number.expect("checked"),
+        order_date: order_date.expect("checked"),
+        order_status: order_status.expect("checked"),
+        customer_email,
+        texts,
+        dates,
+        company_id,
+        bill_to,
+        ship_to,
+        total_tax,
+        total_shipping,
+        custom_fields,
+        tags,
+        items,
+    })
+}
+
+fn money(cents: i64) -> String {
+    format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// The full order document of seed 004 for the order with id `$1`.
+pub fn order_document(schema: &str) -> String {
+    let address = |col: &str| format!("coalesce(t.{col}::text, 'null')");
+    let company = format!(
+        "coalesce((SELECT {} FROM {schema}.companies c WHERE c.id = t.company_id), 'null')",
+        object(&[
+            ("id", Json::Number("c.id")),
+            ("name", Json::Text("c.name")),
+            ("status", Json::Text("c.status")),
+            ("address", Json::Text("c.address")),
+            ("city", Json::Text("c.city")),
+            ("state", Json::Text("c.state")),
+            ("postal_code", Json::Text("c.postal_code")),
+            ("country", Json::Text("c.country")),
+        ])
+    );
+    let items = array(
+        &object(&[
+            ("id", Json::Number("i.id")),
+            ("line_number", Json::Number("i.line_number")),
+            ("sku", Json::Text("i.sku")),
+            ("name", Json::Text("i.name")),
+            ("quantity", Json::Number("i.quantity")),
+            ("unit_price", Json::Money("i.unit_price")),
+            ("upc", Json::Text("i.upc")),
+            ("product_id", Json::Number("i.product_id")),
+            ("tags", Json::Raw("i.tags::text")),
+            ("custom_fields", Json::Raw("i.custom_fields::text")),
+        ]),
+        &format!("{schema}.sales_order_items i WHERE i.sales_order_id = t.id"),
+        "i.line_number, i.id",
+    );
+    let tags = array(
+        &object(&[("id", Json::Number("g.id")), ("name", Json::Text("g.name"))]),
+        &format!("{schema}.sales_order_tags st JOIN {schema}.tags g ON g.id = st.tag_id WHERE st.sales_order_id = t.id"),
+        "g.id",
+    );
+    let quantity = format!("(SELECT coalesce(sum(i.quantity), 0) FROM {schema}.sales_order_items i WHERE i.sales_order_id = t.id)");
+    let (bill_to, ship_to) = (address("bill_to"), address("ship_to"));
+    format!(
+        "SELECT {} FROM {schema}.sales_orders t WHERE t.id = $1",
+        object(&[
+            ("id", Json::Number("t.id")),
+            ("created_at", Json::Timestamp("t.created_at")),
+            ("updated_at", Json::Timestamp("t.updated_at")),
+            ("status", Json::Text("t.status")),
+            ("order_id", Json::Text("t.id::text")),
+            ("order_number", Json::Text("t.order_number")),
+            ("order_date", Json::Date("t.order_date")),
+            ("order_status", Json::Text("t.order_status")),
+            ("customer_email", Json::Text("t.customer_email")),
+            ("customer_username", Json::Text("t.customer_username")),
+            ("customer_po_number", Json::Text("t.customer_po_number")),
+            ("company_id", Json::Number("t.company_id")),
+            ("company", Json::Raw(&company)),
+            ("bill_to", Json::Raw(&bill_to)),
+            ("ship_to", Json::Raw(&ship_to)),
+            ("total", Json::Money("t.total_amount")),
+            ("total_paid", Json::Money("t.total_paid")),
+            ("total_tax", Json::Money("t.total_tax")),
+            ("total_shipping", Json::Money("t.total_shipping")),
+            ("product_total", Json::Money("t.product_total")),
+            ("requested_shipping_service", Json::Text("t.requested_shipping_service")),
+            ("customer_notes", Json::Text("t.customer_notes")),
+            ("internal_notes", Json::Text("t.internal_notes")),
+            ("ship_date", Json::Date("t.ship_date")),
+            ("hold_until_date", Json::Date("t.hold_until_date")),
+            ("ship_by_date", Json::Date("t.ship_by_date")),
+            ("earliest_ship_date", Json::Date("t.earliest_ship_date")),
+            ("externally_fulfilled", Json::Bool("t.externally_fulfilled")),
+            ("is_posted", Json::Bool("t.is_posted")),
+            ("source", Json::Text("t.source")),
+            ("total_order_quantity", Json::Number(&quantity)),
+            ("items", Json::Raw(&items)),
+            ("tags", Json::Raw(&tags)),
+            ("custom_fields", Json::Raw("t.custom_fields::text")),
+        ])
+    )
+}
+
+pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text()))?;
+    let value: Value = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
+    let order = validate(&value)?;
+    let mut client = state.pool.get().await.map_err(ApiError::database)?;
+    let tx = client.transaction().await.map_err(ApiError::database)?;
+    let s = &state.schema;
+    let mut errors = Vec::new();
+
+    // The company fills in missing addresses (seed 004).
+    let (mut bill_to, mut ship_to) = (order.bill_to.clone(), order.ship_to.clone());
+    if let Some(company_id) = order.company_id {
+        let sql = format!(
+            "SELECT jsonb_strip_nulls(jsonb_build_object('name', name, 'company', name, 'street1', address, 'city', city,
+                    'state', state, 'postal_code', postal_code, 'country', country, 'phone', phone))
+               FROM {s}.companies WHERE id = $1"
+        );
+        match tx.query_opt(&sql, &[&company_id]).await.map_err(ApiError::database)? {
+            Some(row) => {
+                let address: Value = row.get(0);
+                bill_to.get_or_insert_with(|| address.clone());
+                ship_to.get_or_insert(address);
+            }
+            None => errors.push(FieldError { field: "company_id".into(), message: format!("company {company_id} does not exist") }),
+        }
+    }
+    let product_ids: Vec<i64> = order.items.iter().map(|i| i.product_id).collect();
+    let known: BTreeSet<i64> = tx
+        .query(&format!("SELECT id FROM {s}.products WHERE id = ANY($1)"), &[&product_ids])
+        .await
+        .map_err(ApiError::database)?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    for (i, item) in order.items.iter().enumerate() {
+        if !known.contains(&item.product_id) {
+            errors.push(FieldError { field: format!("items[{i}].product_id"), message: format!("product {} does not exist", item.product_id) });
+        }
+    }
+    if !errors.is_empty() {
+        return Err(ApiError::validation(errors));
+    }
+
+    let product_total: i64 = order.items.iter().map(|i| i.quantity.saturating_mul(i.unit_price)).sum();
+    let total = product_total + order.total_tax + order.total_shipping;
+    let text = |k: &str| order.texts.iter().find(|(n, _)| *n == k).and_then(|(_, v)| v.clone());
+    let date = |k: &str| order.dates.iter().find(|(n, _)| *n == k).and_then(|(_, v)| *v);
+    let inserted = tx
+        .query_one(
+            &format!(
+                "INSERT INTO {s}.sales_orders (channel_id, order_number, order_date, order_status, customer_email,
+                    customer_username, customer_po_number, requested_shipping_service, customer_notes, internal_notes,
+                    ship_date, hold_until_date, ship_by_date, earliest_ship_date, company_id, bill_to, ship_to,
+                    product_total, total_tax, total_shipping, total_amount, custom_fields)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
+                    $18::text::numeric, $19::text::numeric, $20::text::numeric, $21::text::numeric, $22)
+                 RETURNING id"
+            ),
+            &[
+                &order.channel_id,
+                &order.order_number,
+                &order.order_date,
+                &order.order_status,
+                &order.customer_email,
+                &text("customer_username"),
+                &text("customer_po_number"),
+                &text("requested_shipping_service"),
+                &text("customer_notes"),
+                &text("internal_notes"),
+                &date("ship_date"),
+                &date("hold_until_date"),
+                &date("ship_by_date"),
+                &date("earliest_ship_date"),
+                &order.company_id,
+                &bill_to,
+                &ship_to,
+                &money(product_total),
+                &money(order.total_tax),
+                &money(order.total_shipping),
+                &money(total),
+                &order.custom_fields,
+            ],
+        )
+        .await;
+    let id: i64 = match inserted {
+        Ok(row) => row.get(0),
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+            return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("order_number {:?} already exists", order.order_number)))
+        }
+        Err(e) => return Err(ApiError::database(e)),
+    };
+    let item_sql = format!(
+        "INSERT INTO {s}.sales_order_items (sales_order_id, line_number, product_id, sku, name, upc, quantity, unit_price, tags, custom_fields)
+         SELECT $1, $2, p.id, p.sku, p.name, p.upc, $4, $5::text::numeric, $6, $7 FROM {s}.products p WHERE p.id = $3"
+    );
+    for (n, item) in order.items.iter().enumerate() {
+        let line = n as i32 + 1;
+        let quantity = i32::try_from(item.quantity).expect("validated");
+        tx.execute(&item_sql, &[&id, &line, &item.product_id, &quantity, &money(item.unit_price), &item.tags, &item.custom_fields])
+            .await
+            .map_err(ApiError::database)?;
+    }
+    if !order.tags.is_empty() {
+        tx.execute(&format!("INSERT INTO {s}.tags (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING"), &[&order.tags])
+            .await
+            .map_err(ApiError::database)?;
+        tx.execute(
+            &format!("INSERT INTO {s}.sales_order_tags (sales_order_id, tag_id) SELECT $1, id FROM {s}.tags WHERE name = ANY($2) ON CONFLICT DO NOTHING"),
+            &[&id, &order.tags],
+        )
+        .await
+        .map_err(ApiError::database)?;
+    }
+    let document: String = tx.query_one(&order_document(s), &[&id]).await.map_err(ApiError::database)?.get(0);
+    tx.commit().await.map_err(ApiError::database)?;
+    let body = format!("{{\"data\":{document}}}");
+    Ok((StatusCode::CREATED, [(header::CONTENT_TYPE, "application/json")], body).into_response())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn fields(body: Value) -> Vec<String> {
+        match validate(&body) {
+            Ok(_) => Vec::new(),
+            Err(e) => e.fields.into_iter().map(|f| f.field).collect(),
+        }
+    }
+
+    fn minimal() -> Value {
+        json!({"channel_id": 1, "order_number": "ORD-1", "order_date": "2024-01-15", "order_status": "pending",
+               "bill_to": {"name": "A"}, "ship_to": {"name": "B"}, "items": [{"product_id": 1, "quantity": 2, "unit_price": 49.99}]})
+    }
+
+    #[test]
+    fn the_seed_example_is_valid() {
+        assert!(fields(minimal()).is_empty());
+    }
+
+    #[test]
+    fn every_rule_names_its_field() {
+        let mut b = minimal();
+        b["channel_id"] = json!("one");
+        b["order_number"] = json!("x".repeat(256));
+        b["order_date"] = json!("15/01/2024");
+        b["order_status"] = json!("lost");
+        b["customer_email"] = json!("not-an-email");
+        b["total_tax"] = json!(-1);
+        b["ship_by_date"] = json!("2024-02-30");
+        b["custom_fields"] = json!([1]);
+        b["tags"] = json!(["ok", 7]);
+        b["items"] = json!([{"product_id": 1, "quantity": 0, "unit_price": -2}, "x", {"product_id": 1, "quantity": 3_000_000_000_i64}]);
+        let f = fields(b);
+        for expected in ["channel_id", "order_number", "order_date", "order_status", "customer_email", "total_tax", "ship_by_date", "custom_fields", "tags[1]", "items[0].quantity", "items[0].unit_price", "items[1]", "items[2].quantity"] {
+            assert!(f.contains(&expected.to_string()), "{expected} not in {f:?}");
+        }
+    }
+
+    #[test]
+    fn company_id_makes_addresses_optional() {
+        let mut b = minimal();
+        b.as_object_mut().unwrap().remove("bill_to");
+        b.as_object_mut().unwrap().remove("ship_to");
+        assert_eq!(fields(b.clone()), vec!["bill_to", "ship_to"]);
+        b["company_id"] = json!(123);
+        assert!(fields(b).is_empty());
+    }
+
+    #[test]
+    fn nul_characters_are_refused_by_field() {
+        let mut b = minimal();
+        b["custom_fields"] = json!({"note": "a\u{0}b"});
+        assert_eq!(fields(b), vec!["custom_fields.note"]);
+    }
+
+    #[test]
+    fn items_are_required() {
+        let mut b = minimal();
+        b["items"] = json!([]);
+        assert_eq!(fields(b.clone()), vec!["items"]);
+        b.as_object_mut().unwrap().remove("items");
+        assert_eq!(fields(b), vec!["items"]);
+        assert_eq!(fields(json!([1])), vec!["body"]);
+    }
+}
