@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
-# The throughput benchmark: 200,000 orders of 3 items each in a fresh database, then
-# `cargo bench --bench end_to_end`, which measures order-cdc end to end next to the
-# document query alone and the raw rdkafka producer, in the same run.
+# The throughput benchmarks: 200,000 orders of 3 items each in a fresh database, then
+#   cargo bench --bench end_to_end: order-cdc end to end next to the document query alone
+#     and the raw rdkafka producer, in the same run;
+#   cargo bench --bench serve: the export endpoint next to its raw page queries.
 #   BENCH_ORDERS=200000 scripts/bench.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,6 +24,13 @@ url = "$URL"
 [metrics]
 listen = "127.0.0.1:0"
 
+[server]
+tenant = "bench"
+database_url = "$URL"
+tokens = ["bench-token-0123456789"]
+cursor_keys = { k1 = "bench-cursor-key-0123456789-0123456789" }
+cursor_key = "k1"
+
 [pipelines.bench]
 topic = "bench"
 batch_size = ${BENCH_BATCH_SIZE:-1000}
@@ -37,4 +45,4 @@ echo "loading $ORDERS orders..."
 target/release/order-cdc --config "$CONFIG" demo-load --orders "$ORDERS" --items-per-order 3
 psql "$URL" -qc "VACUUM ANALYZE"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-ORDER_CDC_BENCH_CONFIG="$CONFIG" cargo bench --locked --bench end_to_end
+ORDER_CDC_BENCH_CONFIG="$CONFIG" cargo bench --locked --bench end_to_end --bench serve

@@ -1,0 +1,124 @@
+//! The export benchmark of issue #3, run by `scripts/bench.sh` after it loads the database:
+//! orders/s served by `GET /sales-orders/export` in pages of 1,000 (full runs over
+//! HTTP with a small Rust client), next to the raw rate of the same page queries sent
+//! straight to PostgreSQL, in the same run, with the same concurrency. Best of `ROUNDS`.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use order_cdc::config::Config;
+use order_cdc::metrics::Metrics;
+use order_cdc::server;
+
+const ROUNDS: usize = 2;
+const CLIENTS: usize = 2;
+
+fn main() {
+    let config_path = std::env::var("ORDER_CDC_BENCH_CONFIG").expect("ORDER_CDC_BENCH_CONFIG: run scripts/bench.sh");
+    let config = Config::load(Some(std::path::Path::new(&config_path))).expect("bench config");
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    runtime.block_on(bench(config));
+}
+
+/// One full run of raw page queries; returns the orders read.
+async fn raw_run(state: Arc<server::AppState>) -> usize {
+    let client = state.pool.get().await.unwrap();
+    let since: DateTime<Utc> = DateTime::UNIX_EPOCH;
+    let cutoff = Utc::now();
+    let first = client.prepare_cached(&state.sql.first).await.unwrap();
+    let next = client.prepare_cached(&state.sql.next).await.unwrap();
+    let limit: i64 = 1001;
+    let mut rows = client.query(&first, &[&since, &cutoff, &limit]).await.unwrap();
+    let mut total = 0;
+    loop {
+        let page = &rows[..rows.len().min(1000)];
+        total += page.len();
+        if rows.len() <= 1000 {
+            return total;
+        }
+        let last = &page[page.len() - 1];
+        let (at, id): (DateTime<Utc>, i64) = (last.get(1), last.get(0));
+        rows = client.query(&next, &[&since, &cutoff, &limit, &at, &id]).await.unwrap();
+    }
+}
+
+/// One full export run over HTTP; returns the orders served and the bytes.
+async fn http_run(http: reqwest::Client, base: String, token: String) -> (usize, usize) {
+    let mut url = format!("{base}/sales-orders/export?since=1970-01-01&limit=1000");
+    let (mut orders, mut bytes) = (0, 0);
+    loop {
+        let body = http.get(&url).bearer_auth(&token).send().await.unwrap().bytes().await.unwrap();
+        bytes += body.len();
+        // A light client: read what continues the run, skip over the orders.
+        #[derive(serde::Deserialize)]
+        struct Meta {
+            rows: usize,
+        }
+        #[derive(serde::Deserialize)]
+        struct Page {
+            next_cursor: Option<String>,
+            meta: Meta,
+        }
+        let page: Page = serde_json::from_slice(&body).unwrap();
+        orders += page.meta.rows;
+        match page.next_cursor {
+            Some(c) => url = format!("{base}/sales-orders/export?cursor={c}"),
+            None => return (orders, bytes),
+        }
+    }
+}
+
+async fn timed<F, Fut>(make: F) -> (usize, usize, Duration)
+where
+    F: Fn() -> Fut,
+    Fut: std::future::Future<Output = (usize, usize)> + Send + 'static,
+{
+    let mut best: Option<(usize, usize, Duration)> = None;
+    for _ in 0..ROUNDS {
+        let started = Instant::now();
+        let handles: Vec<_> = (0..CLIENTS).map(|_| tokio::spawn(make())).collect();
+        let (mut orders, mut bytes) = (0, 0);
+        for h in handles {
+            let (o, b) = h.await.unwrap();
+            orders += o;
+            bytes += b;
+        }
+        let elapsed = started.elapsed();
+        if best.is_none_or(|(_, _, e)| elapsed < e) {
+            best = Some((orders, bytes, elapsed));
+        }
+    }
+    best.unwrap()
+}
+
+async fn bench(config: Config) {
+    let cfg = config.server().expect("[server] in the bench config").clone();
+    let state = Arc::new(server::state(&cfg, Metrics::new()).await.expect("server state"));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let base = format!("http://{}", listener.local_addr().unwrap());
+    let app = server::router(state.clone(), cfg.max_body_bytes);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    let token = cfg.tokens[0].expose().to_string();
+    let http = reqwest::Client::new();
+
+    let raw = timed(|| {
+        let state = state.clone();
+        async move { (raw_run(state).await, 0) }
+    })
+    .await;
+    let served = timed(|| http_run(http.clone(), base.clone(), token.clone())).await;
+
+    let rate = |(orders, _, elapsed): (usize, usize, Duration)| orders as f64 / elapsed.as_secs_f64();
+    println!();
+    println!("{CLIENTS} concurrent full runs, pages of 1000, best of {ROUNDS}");
+    println!("(r) raw page queries        {:>8} orders {:>7.2} s {:>9.0} orders/s", raw.0, raw.2.as_secs_f64(), rate(raw));
+    println!(
+        "(s) GET /sales-orders/export {:>7} orders {:>7.2} s {:>9.0} orders/s {:>7.1} MB/s",
+        served.0,
+        served.2.as_secs_f64(),
+        rate(served),
+        served.1 as f64 / 1e6 / served.2.as_secs_f64()
+    );
+    println!("ratio s / r = {:.2}", rate(served) / rate(raw));
+}
