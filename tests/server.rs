@@ -397,3 +397,50 @@ mod generated {
         runtime.block_on(db.drop_db());
     }
 }
+
+/// The binary: `order-cdc serve` from a configuration file, its /metrics counting requests
+/// by route and status, SIGTERM.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_serve_command_runs_and_counts_requests() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 5, "now() - interval '1 hour'").await;
+    let (api_port, metrics_port) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("serve.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[server]\nlisten = \"127.0.0.1:{api_port}\"\ntenant = \"acme\"\n\
+             database_url = \"{}\"\ntokens = [\"{TOKEN}\"]\ncursor_keys = {{ k1 = \"{KEY_1}\" }}\ncursor_key = \"k1\"\n",
+            db.url
+        ),
+    )
+    .unwrap();
+    let mut serve = std::process::Command::new(binary())
+        .arg("--config")
+        .arg(&path)
+        .arg("serve")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let base = format!("http://127.0.0.1:{api_port}");
+    wait_until("the server to listen", std::time::Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok());
+    let http = reqwest::Client::new();
+    let r = http.get(format!("{base}/sales-orders/export?since=2024-01-01")).bearer_auth(TOKEN).send().await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<Value>().await.unwrap()["meta"]["rows"], 5);
+    assert_eq!(http.get(format!("{base}/sales-orders/export")).send().await.unwrap().status(), 401);
+    let (_, metrics) = http_get(metrics_port, "/metrics").unwrap();
+    assert!(metrics.contains(r#"order_cdc_http_requests_total{route="/sales-orders/export",status="200"} 1"#), "{metrics}");
+    assert!(metrics.contains(r#"order_cdc_http_requests_total{route="/sales-orders/export",status="401"} 1"#), "{metrics}");
+    assert!(metrics.contains("order_cdc_http_request_duration_seconds_bucket"));
+    assert!(!metrics.contains(TOKEN) && !metrics.contains("postgres:postgres"));
+    assert_eq!(http_get(metrics_port, "/health/live").unwrap().0, 200);
+    std::process::Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status().unwrap();
+    let status = serve.wait().unwrap();
+    assert!(status.success());
+    let mut stderr = String::new();
+    std::io::Read::read_to_string(serve.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    assert!(!stderr.contains(TOKEN) && !stderr.contains("postgres:postgres"), "{stderr}");
+    db.drop_db().await;
+}
