@@ -49,7 +49,7 @@ impl Figure {
 async fn bench(config_path: std::path::PathBuf) {
     let config = Config::load(Some(&config_path)).expect("bench config");
     let (name, pipeline) = config.pipelines.iter().next().expect("one pipeline");
-    let SourceConfig::Postgres(source_cfg) = &pipeline.source;
+    let SourceConfig::Postgres(source_cfg) = &pipeline.source else { panic!("the bench pipeline reads PostgreSQL") };
 
     // (b) the source alone.
     let mut documents = Vec::new();

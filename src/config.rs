@@ -244,6 +244,38 @@ pub enum OnBadRecord {
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
+    ExportApi(ExportApiSourceConfig),
+}
+
+/// `kind = "export_api"`: a `GET /sales-orders/export` endpoint (seed 000), ours from
+/// `order-cdc serve` or a Luminous tenant's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExportApiSourceConfig {
+    /// e.g. `https://acme.api.joinluminous.com/external/api/v1`; the endpoint is
+    /// `<base_url>/sales-orders/export`.
+    pub base_url: String,
+    /// The bearer token; it never prints.
+    pub token: Secret,
+    /// Orders per page, 1..1000.
+    #[serde(default = "default_api_limit")]
+    pub limit: u32,
+    /// One request, from connecting to the last byte.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A larger page is an error (lower `limit`).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_api_limit() -> u32 {
+    1000
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(30)
+}
+fn default_max_response_bytes() -> usize {
+    64 << 20
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -378,6 +410,17 @@ impl Config {
                 crate::timestamp::parse(since).map_err(|e| invalid(key("initial_since"), e))?;
             }
             match &p.source {
+                SourceConfig::ExportApi(s) => {
+                    if url::Url::parse(&s.base_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
+                        return Err(invalid(key("source.base_url"), format!("{:?} is not an http(s) URL", s.base_url)));
+                    }
+                    if !(1..=1000).contains(&s.limit) {
+                        return Err(invalid(key("source.limit"), "must be between 1 and 1000"));
+                    }
+                    if s.token.expose().trim().is_empty() {
+                        return Err(invalid(key("source.token"), "must not be empty"));
+                    }
+                }
                 SourceConfig::Postgres(s) => {
                     if s.url.expose().trim().is_empty() {
                         return Err(invalid(key("source.url"), "must not be empty"));
@@ -474,7 +517,7 @@ url = "postgres://u:secret@127.0.0.1/db"
         assert_eq!(p.poll_interval, Duration::from_secs(5));
         assert_eq!(p.dead_letter_topic(), "orders.dlq");
         assert_eq!(c.kafka.properties["compression.type"], "lz4");
-        let SourceConfig::Postgres(s) = &p.source;
+        let SourceConfig::Postgres(s) = &p.source else { panic!("a postgres source") };
         assert_eq!(s.table, "sales_orders");
         assert_eq!(s.cutoff, CutoffKind::Xact);
     }

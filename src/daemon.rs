@@ -9,7 +9,9 @@ use crate::event::EventFormat;
 use crate::metrics::{self, Metrics, PipelineState};
 use crate::pipeline::{Pipeline, PipelineError, PublisherSpec, Settings};
 use crate::shutdown;
-use crate::source::{self, postgres::PostgresSource};
+use crate::source::export_api::ExportApiSource;
+use crate::source::postgres::PostgresSource;
+use crate::source::{self, ConfiguredSource};
 use crate::timestamp;
 
 #[derive(Debug, thiserror::Error)]
@@ -103,12 +105,15 @@ async fn build(
     p: &PipelineConfig,
     store: FileStore,
     metrics: &Arc<Metrics>,
-) -> Result<Pipeline<PostgresSource>, PipelineError> {
+) -> Result<Pipeline<ConfiguredSource>, PipelineError> {
     let identity = source::identity(&p.source);
     let initial_since = p.initial_since.as_deref().map(timestamp::parse).transpose().expect("validated").unwrap_or_else(timestamp::epoch);
     let pipeline_metrics = metrics.pipeline(name);
     let source = match &p.source {
-        SourceConfig::Postgres(cfg) => PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone()).await?,
+        SourceConfig::Postgres(cfg) => {
+            ConfiguredSource::Postgres(PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone()).await?)
+        }
+        SourceConfig::ExportApi(cfg) => ConfiguredSource::ExportApi(ExportApiSource::open(cfg.clone(), pipeline_metrics.clone())?),
     };
     // A checkpoint of another source is refused before anything is published.
     crate::checkpoint::load_for(&store, name, &identity)?;

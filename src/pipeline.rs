@@ -180,9 +180,10 @@ async fn feed<S: Source>(
                 Ok(batch) => { backoff.reset(); batch }
                 Err(e) if e.is_retriable() => {
                     metrics.error("source");
-                    tracing::warn!(error = %e, "source request failed; retrying");
+                    let delay = e.retry_after().unwrap_or_else(|| backoff.next_delay());
+                    tracing::warn!(error = %e, retry_in = ?delay, "source request failed; retrying");
                     tokio::select! {
-                        _ = tokio::time::sleep(backoff.next_delay()) => continue,
+                        _ = tokio::time::sleep(delay) => continue,
                         _ = shutdown.wait() => return Ok(()),
                     }
                 }

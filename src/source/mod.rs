@@ -2,6 +2,7 @@
 //! read position and hands over a [`Batch`] with the position that resumes *after* it; the
 //! pipeline commits that position only once every event of the batch is acknowledged.
 
+pub mod export_api;
 pub mod postgres;
 
 use std::future::Future;
@@ -57,6 +58,10 @@ pub enum SourceError {
     Setup(String),
     #[error("checkpoint position: {0}")]
     Position(String),
+    #[error("{message}")]
+    Http { status: Option<u16>, message: String, retriable: bool, retry_after: Option<std::time::Duration> },
+    #[error("{0}: check source.token")]
+    Unauthorized(String),
 }
 
 impl SourceError {
@@ -66,7 +71,16 @@ impl SourceError {
         match self {
             Self::Connect { retriable, .. } => *retriable,
             Self::Query(_, retriable) => *retriable,
-            Self::Setup(_) | Self::Position(_) => false,
+            Self::Http { retriable, .. } => *retriable,
+            Self::Setup(_) | Self::Position(_) | Self::Unauthorized(_) => false,
+        }
+    }
+
+    /// How long the source asked us to wait (HTTP 429 `Retry-After`).
+    pub fn retry_after(&self) -> Option<std::time::Duration> {
+        match self {
+            Self::Http { retry_after, .. } => *retry_after,
+            _ => None,
         }
     }
 }
@@ -81,18 +95,42 @@ pub trait Source: Send {
     fn next_batch(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send;
 }
 
+/// The source a pipeline's configuration names.
+pub enum ConfiguredSource {
+    Postgres(postgres::PostgresSource),
+    ExportApi(export_api::ExportApiSource),
+}
+
+impl Source for ConfiguredSource {
+    fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
+        match self {
+            Self::Postgres(s) => s.restore(position, since),
+            Self::ExportApi(s) => s.restore(position, since),
+        }
+    }
+
+    async fn next_batch(&mut self) -> Result<Batch, SourceError> {
+        match self {
+            Self::Postgres(s) => s.next_batch().await,
+            Self::ExportApi(s) => s.next_batch().await,
+        }
+    }
+}
+
 /// Who a configured source is (host, database, table; never credentials): the default
 /// CloudEvents `source` and the basis of the checkpoint fingerprint.
 pub fn identity(cfg: &SourceConfig) -> String {
     match cfg {
         SourceConfig::Postgres(c) => postgres::identity(c),
+        SourceConfig::ExportApi(c) => export_api::identity(c),
     }
 }
 
 /// The position a run starting at `since` begins from (`checkpoint set --since`).
 pub fn position_since(cfg: &SourceConfig, since: DateTime<Utc>) -> serde_json::Value {
-    let position = match cfg {
-        SourceConfig::Postgres(_) => postgres::Position::at(since),
-    };
-    serde_json::to_value(position).expect("a position serialises")
+    match cfg {
+        SourceConfig::Postgres(_) => serde_json::to_value(postgres::Position::at(since)),
+        SourceConfig::ExportApi(_) => serde_json::to_value(export_api::Position::at(since)),
+    }
+    .expect("a position serialises")
 }
