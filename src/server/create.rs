@@ -461,7 +461,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
         .await;
     let id: i64 = match inserted {
         Ok(row) => row.get(0),
-        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) => {
+        Err(e) if e.code() == Some(&SqlState::UNIQUE_VIOLATION) && e.as_db_error().and_then(|d| d.constraint()) == Some("sales_orders_order_number_key") => {
             return Err(ApiError::new(StatusCode::CONFLICT, "conflict", format!("order_number {:?} already exists", order.order_number)))
         }
         Err(e) => return Err(ApiError::database(e)),

@@ -88,6 +88,7 @@ pub async fn insert_orders(client: &Client, first: i64, count: i64, updated_at: 
          INSERT INTO sales_order_items (sales_order_id, line_number, product_id, sku, name, quantity, unit_price)
            SELECT g, l, (SELECT id FROM products WHERE sku = 'SKU-T'), 'SKU-T', 'Test product', l, 9.99
              FROM generate_series({first}, {last}) g, generate_series(1, 2) l;
+         SELECT setval(pg_get_serial_sequence('sales_orders', 'id'), (SELECT max(id) FROM sales_orders));
          COMMIT;",
         last = first + count - 1
     );
@@ -109,11 +110,22 @@ pub struct Pipeline<'a> {
     /// Extra lines for `[pipelines.p.source]`.
     pub source_extra: &'a str,
     pub metrics_port: u16,
+    /// A whole `[pipelines.p.source]` body instead of the Postgres one.
+    pub source: Option<String>,
+    /// More TOML appended to the file (e.g. a second pipeline).
+    pub extra: String,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(db_url: &'a str, topic: &'a str) -> Self {
-        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0 }
+        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new() }
+    }
+
+    /// A pipeline that polls an export API.
+    pub fn export_api(topic: &'a str, base_url: &str, token: &str, extra: &str) -> Self {
+        let mut p = Self::new("", topic);
+        p.source = Some(format!("kind = \"export_api\"\nbase_url = \"{base_url}\"\ntoken = \"{token}\"\n{extra}"));
+        p
     }
 }
 
@@ -146,9 +158,8 @@ partitions = 3
 {pipeline_extra}
 
 [pipelines.p.source]
-kind = "postgres"
-url = "{url}"
-{source_extra}
+{source}
+{extra}
 "#,
             brokers = brokers(),
             port = p.metrics_port,
@@ -156,8 +167,8 @@ url = "{url}"
             topic = p.topic,
             batch = p.batch_size,
             pipeline_extra = p.pipeline_extra,
-            url = p.db_url,
-            source_extra = p.source_extra,
+            source = p.source.clone().unwrap_or_else(|| format!("kind = \"postgres\"\nurl = \"{}\"\n{}", p.db_url, p.source_extra)),
+            extra = p.extra,
         );
         std::fs::File::create(&config).unwrap().write_all(text.as_bytes()).unwrap();
         Self { dir, config }
@@ -312,6 +323,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+pub mod proxy;
 pub mod server;
 
 /// Waits until the database clock has moved far enough past the newest order change that
