@@ -210,6 +210,7 @@ async fn feed<S: Source>(
             return Ok(()); // the committer stopped; it reports why
         }
         if batch.ends_run {
+            metrics.run_duration.observe(run_started.elapsed().as_secs_f64());
             if once && batch.fresh_run {
                 return Ok(());
             }

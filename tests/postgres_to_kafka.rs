@@ -218,7 +218,7 @@ async fn daemon_metrics_match_the_topic_and_sigterm_exits_cleanly() {
     assert_eq!(status, 200, "{ready}");
     assert_eq!(http_get(port, "/health/live").unwrap().0, 200);
     let (_, metrics) = http_get(port, "/metrics").unwrap();
-    for family in ["order_cdc_batches_total", "order_cdc_checkpoint_commits_total", "order_cdc_lag_seconds", "order_cdc_cutoff_holdback_seconds", "order_cdc_source_requests_total", "order_cdc_delivery_duration_seconds", "order_cdc_build_info"] {
+    for family in ["order_cdc_batches_total", "order_cdc_checkpoint_commits_total", "order_cdc_lag_seconds", "order_cdc_cutoff_holdback_seconds", "order_cdc_source_requests_total", "order_cdc_delivery_duration_seconds", "order_cdc_run_duration_seconds", "order_cdc_in_flight_events", "order_cdc_build_info"] {
         assert!(metrics.contains(family), "{family} missing from /metrics");
     }
     assert!(!metrics.contains("postgres:postgres"), "no credentials in metrics");

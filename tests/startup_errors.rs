@@ -10,11 +10,15 @@ use common::*;
 const PASSWORD: &str = "s3cret-pw";
 
 fn run_with(config: &str, args: &[&str]) -> (bool, String) {
+    run_with_env(config, args, &[])
+}
+
+fn run_with_env(config: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("c.toml");
     std::fs::write(&path, config).unwrap();
     let mut cmd = std::process::Command::new(binary());
-    cmd.arg("--config").arg(&path).args(args).env("RUST_LOG", "warn");
+    cmd.arg("--config").arg(&path).args(args).env("RUST_LOG", "warn").envs(env.iter().copied());
     let out = run_with_deadline(cmd, Duration::from_secs(60));
     (out.status.success(), String::from_utf8_lossy(&out.stderr).trim().to_string())
 }
@@ -65,38 +69,24 @@ fn bad_duration() {
 
 #[test]
 fn bad_value_from_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, config("", &good_source(&database_url()))).unwrap();
-    let out = std::process::Command::new(binary())
-        .arg("--config")
-        .arg(&path)
-        .args(["run", "--once"])
-        .env("ORDER_CDC__PIPELINES__P__BATCH_SIZE", "lots")
-        .output()
-        .unwrap();
-    assert!(!out.status.success());
-    assert_one_clear_line(String::from_utf8_lossy(&out.stderr).trim(), &["batch_size"]);
+    let env = [("ORDER_CDC__PIPELINES__P__BATCH_SIZE", "lots")];
+    let (ok, err) = run_with_env(&config("", &good_source(&database_url())), &["run", "--once"], &env);
+    assert!(!ok);
+    assert_one_clear_line(&err, &["batch_size"]);
 }
 
 /// Numbers and durations from the environment are parsed like the file's (a broker list or
 /// a password made of digits stays a string).
 #[test]
 fn typed_values_from_the_environment() {
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("c.toml");
-    std::fs::write(&path, config("", &good_source(&database_url()))).unwrap();
-    let out = std::process::Command::new(binary())
-        .arg("--config")
-        .arg(&path)
-        .args(["checkpoint", "show", "--pipeline", "p"])
-        .env("ORDER_CDC__PIPELINES__P__BATCH_SIZE", "250")
-        .env("ORDER_CDC__PIPELINES__P__SOURCE__PARALLELISM", "3")
-        .env("ORDER_CDC__PIPELINES__P__POLL_INTERVAL", "1s")
-        .env("ORDER_CDC__PIPELINES__P__TOPIC", "12345")
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let env = [
+        ("ORDER_CDC__PIPELINES__P__BATCH_SIZE", "250"),
+        ("ORDER_CDC__PIPELINES__P__SOURCE__PARALLELISM", "3"),
+        ("ORDER_CDC__PIPELINES__P__POLL_INTERVAL", "1s"),
+        ("ORDER_CDC__PIPELINES__P__TOPIC", "12345"),
+    ];
+    let (ok, err) = run_with_env(&config("", &good_source(&database_url())), &["checkpoint", "show", "--pipeline", "p"], &env);
+    assert!(ok, "{err}");
 }
 
 #[test]

@@ -263,16 +263,7 @@ fn excerpt(body: &[u8]) -> String {
 
 impl Source for ExportApiSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
-        self.read = match position {
-            None => Position::at(since),
-            Some(value) => {
-                let p: Position = serde_json::from_value(value.clone()).map_err(|e| SourceError::Position(format!("not an export API position: {e}")))?;
-                if p.v != Position::VERSION {
-                    return Err(SourceError::Position(format!("version {} is not supported (expected {})", p.v, Position::VERSION)));
-                }
-                p
-            }
-        };
+        self.read = super::read_position(position, || Position::at(since), "an export API", Position::VERSION, |p| p.v)?;
         self.fresh_run = false;
         Ok(())
     }

@@ -117,6 +117,23 @@ impl Source for ConfiguredSource {
     }
 }
 
+/// Reads a checkpointed position: a fresh one at `since` when there is none, else the
+/// stored one, which must be of this source's kind and format version.
+pub(crate) fn read_position<P: serde::de::DeserializeOwned>(
+    value: Option<&serde_json::Value>,
+    fresh: impl FnOnce() -> P,
+    kind: &str,
+    version: u32,
+    version_of: impl Fn(&P) -> u32,
+) -> Result<P, SourceError> {
+    let Some(value) = value else { return Ok(fresh()) };
+    let p: P = serde_json::from_value(value.clone()).map_err(|e| SourceError::Position(format!("not {kind} position: {e}")))?;
+    if version_of(&p) != version {
+        return Err(SourceError::Position(format!("version {} is not supported (expected {version})", version_of(&p))));
+    }
+    Ok(p)
+}
+
 /// Who a configured source is (host, database, table; never credentials): the default
 /// CloudEvents `source` and the basis of the checkpoint fingerprint.
 pub fn identity(cfg: &SourceConfig) -> String {

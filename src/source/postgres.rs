@@ -425,17 +425,7 @@ fn store_error(e: StoreError) -> SourceError {
 
 impl Source for PostgresSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
-        let position = match position {
-            None => Position::at(since),
-            Some(value) => {
-                let p: Position = serde_json::from_value(value.clone()).map_err(|e| SourceError::Position(format!("not a Postgres position: {e}")))?;
-                if p.v != Position::VERSION {
-                    return Err(SourceError::Position(format!("version {} is not supported (expected {})", p.v, Position::VERSION)));
-                }
-                p
-            }
-        };
-        self.handed = position;
+        self.handed = super::read_position(position, || Position::at(since), "a Postgres", Position::VERSION, |p| p.v)?;
         self.abandon(false);
         self.fresh_run = false;
         Ok(())
