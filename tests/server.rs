@@ -177,7 +177,7 @@ async fn refused_cursors_say_why() {
     expect("cursor_invalid_signature", format!("{body1}.{}", flip(sig1))).await;
     expect("cursor_invalid_signature", format!("{body1}.{sig2}")).await;
     expect("cursor_invalid_signature", format!("{body2}.{sig1}")).await;
-    expect("cursor_malformed", format!("{body1}")).await;
+    expect("cursor_malformed", body1.to_string()).await;
     expect("cursor_malformed", "%%%.###".to_string()).await;
 
     // Expired: a server whose cursors live no time at all.

@@ -35,8 +35,6 @@ pub const OPENAPI: &str = include_str!("../../openapi/openapi.json");
 #[derive(Debug, thiserror::Error)]
 pub enum ServeError {
     #[error(transparent)]
-    Config(#[from] crate::config::ConfigError),
-    #[error(transparent)]
     Store(#[from] StoreError),
     #[error("listener {address}: {source}")]
     Listen { address: String, source: std::io::Error },

@@ -165,11 +165,6 @@ impl Publisher {
             }
         }
     }
-
-    /// Waits (bounded) for everything in librdkafka's queue to be delivered or to fail.
-    pub fn flush(&self, timeout: Duration) {
-        let _ = self.producer.flush(timeout);
-    }
 }
 
 async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), PublishError> {

@@ -95,7 +95,8 @@ pub trait Source: Send {
     fn next_batch(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send;
 }
 
-/// The source a pipeline's configuration names.
+/// The source a pipeline's configuration names (one per pipeline, so its size is moot).
+#[allow(clippy::large_enum_variant)]
 pub enum ConfiguredSource {
     Postgres(postgres::PostgresSource),
     ExportApi(export_api::ExportApiSource),
