@@ -233,3 +233,38 @@ async fn a_wrong_token_stops_the_pipeline_unready_and_publishes_nothing() {
     assert!(stderr.contains("error: pipeline p:") && stderr.contains("refused the token"), "{stderr}");
     db.drop_db().await;
 }
+
+/// A record without order_id goes to the dead-letter topic with the reason, and the run
+/// goes on; with on_bad_record = "fail" the pipeline stops before that page's checkpoint.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_record_without_order_id_is_dead_lettered_or_stops_the_pipeline() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 1_000, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 ms'").await;
+    let server = TestServer::start(config(&db.url)).await;
+    let proxy = Proxy::start(&server.base).await;
+    proxy.inject(vec![Fault::StripOrderId], 3); // the third page
+    let topic = unique("dlq");
+    let mut p = Pipeline::export_api(&topic, &proxy.base, TOKEN, "limit = 100");
+    p.batch_size = 100;
+    block_in_place(|| Setup::new(&p).run_once());
+    let dead = block_in_place(|| read_topic(&format!("{topic}.dlq")));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].headers["order_cdc_error"], "the record has no order_id");
+    assert!(dead[0].text().contains("\"order_ref\":201"), "the raw record is kept: {}", dead[0].text());
+    let mut expected = active_documents(&client).await;
+    expected.remove("201");
+    block_in_place(|| assert_topic_matches(&topic, &expected));
+
+    proxy.inject(vec![Fault::StripOrderId], 1);
+    let failing_topic = unique("dlqfail");
+    let mut p = Pipeline::export_api(&failing_topic, &proxy.base, TOKEN, "limit = 100");
+    p.pipeline_extra = "on_bad_record = \"fail\"";
+    let setup = Setup::new(&p);
+    let out = block_in_place(|| run_with_deadline(setup.command(&["run", "--once"]), Duration::from_secs(60)));
+    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(stderr.contains("cannot become an event") && stderr.contains("no order_id"), "{stderr}");
+    assert!(setup.checkpoint().is_none(), "nothing committed past the bad record");
+    assert!(block_in_place(|| read_topic(&failing_topic)).is_empty());
+    db.drop_db().await;
+}

@@ -20,6 +20,8 @@ pub enum Fault {
     Reset,
     Slow(Duration),
     Truncated,
+    /// Forward, renaming the first record's `order_id` (a record the daemon cannot key).
+    StripOrderId,
 }
 
 pub struct Proxy {
@@ -123,14 +125,17 @@ async fn handle(mut socket: TcpStream, state: Arc<Mutex<State>>, http: reqwest::
             tokio::time::sleep(delay).await;
             reply(&mut socket, "503 Service Unavailable", "", b"").await;
         }
-        Fault::Forward | Fault::Truncated => {
+        Fault::Forward | Fault::Truncated | Fault::StripOrderId => {
             let response = http.get(format!("{upstream}{path}")).header("authorization", auth).send().await;
             let Ok(response) = response else {
                 reply(&mut socket, "502 Bad Gateway", "", b"").await;
                 return;
             };
             let status = response.status();
-            let body = response.bytes().await.unwrap_or_default();
+            let mut body = response.bytes().await.unwrap_or_default().to_vec();
+            if matches!(fault, Fault::StripOrderId) {
+                body = String::from_utf8(body).unwrap().replacen("\"order_id\":", "\"order_ref\":", 1).into_bytes();
+            }
             if matches!(fault, Fault::Truncated) {
                 // Headers promise the whole body; half of it arrives, then the connection ends.
                 let head = format!("HTTP/1.1 {status}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n", body.len());
