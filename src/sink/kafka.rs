@@ -117,12 +117,18 @@ impl Publisher {
             .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
             .map_err(PublishError::Config)?;
         let probe = producer.clone();
-        tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
+        let metadata = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await
             .expect("metadata probe does not panic")
             .map_err(|source| PublishError::Unreachable { brokers: kafka.brokers.clone(), source })?;
         started.store(true, Ordering::Relaxed);
-        ensure_topics(&cfg, &[topic, dead_letter_topic], partitions, replication_factor).await?;
+        // Only missing topics are created: a role without the right to create topics can
+        // still publish to existing ones.
+        let existing: Vec<&str> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
+        let missing: Vec<&str> = [topic, dead_letter_topic].into_iter().filter(|t| !existing.contains(t)).collect();
+        if !missing.is_empty() {
+            ensure_topics(&cfg, &missing, partitions, replication_factor).await?;
+        }
         Ok(Self { producer, topic: topic.to_string(), dead_letter_topic: dead_letter_topic.to_string(), format })
     }
 

@@ -114,11 +114,15 @@ pub struct Pipeline<'a> {
     pub source: Option<String>,
     /// More TOML appended to the file (e.g. a second pipeline).
     pub extra: String,
+    /// Another cluster than the local broker.
+    pub brokers: Option<String>,
+    /// Lines for `[kafka]`.
+    pub kafka_extra: &'a str,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(db_url: &'a str, topic: &'a str) -> Self {
-        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new() }
+        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "" }
     }
 
     /// A pipeline that polls an export API.
@@ -143,6 +147,7 @@ impl Setup {
             r#"
 [kafka]
 brokers = "{brokers}"
+{kafka_extra}
 
 [metrics]
 listen = "127.0.0.1:{port}"
@@ -161,7 +166,8 @@ partitions = 3
 {source}
 {extra}
 "#,
-            brokers = brokers(),
+            brokers = p.brokers.clone().unwrap_or_else(brokers),
+            kafka_extra = p.kafka_extra,
             port = p.metrics_port,
             checkpoints = dir.path().join("checkpoints").display(),
             topic = p.topic,
@@ -243,8 +249,13 @@ impl Event {
 /// Every message on the topic, partition by partition in offset order: reads until each
 /// partition reaches the high watermark it had when reading began.
 pub fn read_topic(topic: &str) -> Vec<Event> {
+    read_topic_from(&brokers(), topic)
+}
+
+/// `read_topic` on another cluster (librdkafka's mock cluster).
+pub fn read_topic_from(bootstrap: &str, topic: &str) -> Vec<Event> {
     let consumer: BaseConsumer = ClientConfig::new()
-        .set("bootstrap.servers", brokers())
+        .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("test"))
         .set("enable.auto.commit", "false")
         .set("enable.partition.eof", "false")
