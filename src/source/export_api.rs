@@ -34,8 +34,10 @@ pub struct Position {
 impl Position {
     const VERSION: u32 = 1;
 
+    /// A run from `since`, written in the plainest RFC 3339 (`1970-01-01T00:00:00Z`, a
+    /// fraction only when there is one) so that any implementation of the API parses it.
     pub fn at(since: DateTime<Utc>) -> Self {
-        Self { v: Self::VERSION, since: timestamp::format(since), cutoff: None, cursor: None }
+        Self { v: Self::VERSION, since: since.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true), cutoff: None, cursor: None }
     }
 }
 
@@ -176,7 +178,8 @@ impl ExportApiSource {
         let cutoff = match (&continuing, page.meta.and_then(|m| m.cutoff)) {
             (Some(_), _) => self.read.cutoff.clone(),
             (None, Some(cutoff)) => Some(cutoff),
-            (None, None) => return Err(self.http_error(Some(200), "the first page of a run has no meta.cutoff".into(), true)),
+            // Without it there is no safe next since; guessing one could lose changes.
+            (None, None) => return Err(self.http_error(Some(200), "the first page of a run has no meta.cutoff, so the next run cannot start safely".into(), false)),
         };
         if continuing.is_none() {
             self.fresh_run = true;
