@@ -14,19 +14,24 @@ scripts/stack.sh up >/dev/null
 cargo build --release --locked
 BIN=target/release/order-cdc
 
+topic_events() {
+  java -Xmx128m -cp "$KAFKA_CP" org.apache.kafka.tools.GetOffsetShell --bootstrap-server $BROKERS --topic $TOPIC 2>/dev/null \
+    | awk -F: '{sum += $3} END {print sum + 0}'
+}
+
 $BIN --config $CONFIG migrate
 $BIN --config $CONFIG demo-load --orders "$ORDERS"
-start=$(date +%s.%N)
+before=$(topic_events)
+start=$(date +%s%N)
 $BIN --config $CONFIG run --once
-elapsed=$(echo "$(date +%s.%N) - $start" | bc)
+elapsed_ms=$(( ($(date +%s%N) - start) / 1000000 ))
 
+after=$(topic_events)
 orders=$(PGPASSWORD=postgres psql -h 127.0.0.1 -U postgres -d order_cdc -Atc "select count(*) from sales_orders")
-events=$(java -Xmx128m -cp "$KAFKA_CP" org.apache.kafka.tools.GetOffsetShell --bootstrap-server $BROKERS --topic $TOPIC 2>/dev/null \
-  | awk -F: '{sum += $3} END {print sum + 0}')
 echo
-echo "run --once took ${elapsed}s"
-echo "orders in sales_orders: $orders"
-echo "events on topic $TOPIC: $events"
+echo "run --once took ${elapsed_ms} ms"
+echo "orders loaded by this demo: $ORDERS (in sales_orders now: $orders)"
+echo "events this run put on topic $TOPIC: $((after - before)) (on the topic in all: $after)"
 echo
 echo "one event (key, headers, value):"
 java -Xmx128m -cp "$KAFKA_CP" org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server $BROKERS \
