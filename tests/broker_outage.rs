@@ -61,10 +61,14 @@ async fn the_checkpoint_waits_for_the_broker_and_nothing_is_lost() {
         if let Some(s) = daemon.try_wait().unwrap() {
             break s;
         }
-        assert!(Instant::now() < end, "the run did not complete after the broker came back");
+        if Instant::now() > end {
+            daemon.kill().unwrap();
+            panic!("the run did not complete after the broker came back; its log:\n{}", setup.log());
+        }
         std::thread::sleep(Duration::from_millis(100));
     };
-    assert!(status.success());
+    assert!(status.success(), "{}", setup.log());
+    println!("daemon log: {} lines", setup.log().lines().count());
     let events = read_topic(&topic);
     let latest = latest_by_key(&events);
     let expected = export_documents(&client).await;

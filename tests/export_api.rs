@@ -152,8 +152,7 @@ async fn every_fault_ends_with_nothing_missing() {
             std::thread::sleep(Duration::from_millis(50));
         }
     });
-    let mut stderr = String::new();
-    std::io::Read::read_to_string(daemon.stderr.as_mut().unwrap(), &mut stderr).unwrap();
+    let stderr = setup.log();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("refused the cursor"), "the refused cursor is logged: {stderr}");
     assert!(!stderr.contains(TOKEN), "the token never reaches the logs");

@@ -201,8 +201,20 @@ partitions = 3
         out
     }
 
+    /// Starts the daemon in the background. Its stderr goes to `log()`'s file, not a pipe:
+    /// a pipe nobody reads fills up and blocks the daemon's logging.
     pub fn spawn(&self, args: &[&str]) -> Child {
-        self.command(args).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn order-cdc")
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log_path()).expect("daemon log");
+        self.command(args).stdout(Stdio::null()).stderr(log).spawn().expect("spawn order-cdc")
+    }
+
+    pub fn log_path(&self) -> PathBuf {
+        self.dir.path().join("daemon.log")
+    }
+
+    /// Everything the daemons started with `spawn` wrote to stderr.
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.log_path()).unwrap_or_default()
     }
 }
 
