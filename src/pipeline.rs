@@ -4,8 +4,8 @@
 //! order, so the checkpoint never passes an event the broker has not acknowledged.
 //!
 //! A failed delivery stops committing at once: the attempt ends, the producer is rebuilt
-//! where librdkafka calls the error fatal, and the pipeline resumes from the last
-//! committed position (duplicates, never loss).
+//! (a fatal error, or a failure that may come from a stale view of the cluster), and the
+//! pipeline resumes from the last committed position (duplicates, never loss).
 
 use std::time::{Duration, Instant};
 
@@ -118,14 +118,23 @@ impl<S: Source> Pipeline<S> {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
                 _ = shutdown.wait() => return Ok(()),
             }
-            if let Some(fatal) = self.publisher.fatal_error() {
-                tracing::warn!(pipeline = %self.name, error = %fatal, "the producer hit a fatal error; building a new one");
-                self.publisher = loop {
+            // A fatal error leaves the producer unusable. A message librdkafka refused or
+            // gave up on may come from a stale view of the cluster (after a broker
+            // restart it can believe a topic is missing until its next metadata refresh,
+            // minutes away), so any publishing failure gets a fresh producer too.
+            let reason = match (self.publisher.fatal_error(), &error) {
+                (Some(fatal), _) => Some(format!("fatal producer error: {fatal}")),
+                (None, PipelineError::Publish(e)) => Some(e.to_string()),
+                _ => None,
+            };
+            if let Some(reason) = reason {
+                tracing::warn!(pipeline = %self.name, %reason, "building a new producer");
+                let fresh = loop {
                     match self.publisher_spec.connect().await {
                         Ok(p) => break p,
                         Err(e) => {
                             self.metrics.error("kafka");
-                            tracing::warn!(pipeline = %self.name, error = %e, "rebuilding the producer failed; retrying");
+                            tracing::warn!(pipeline = %self.name, error = %e, "building a new producer failed; retrying");
                             tokio::select! {
                                 _ = tokio::time::sleep(backoff.next_delay()) => {}
                                 _ = shutdown.wait() => return Ok(()),
@@ -133,6 +142,9 @@ impl<S: Source> Pipeline<S> {
                         }
                     }
                 };
+                // Tearing the old one down waits for its threads: not on an async worker.
+                let old = std::mem::replace(&mut self.publisher, fresh);
+                tokio::task::spawn_blocking(move || drop(old));
             }
         }
     }

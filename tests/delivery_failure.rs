@@ -5,6 +5,8 @@
 
 mod common;
 
+use std::time::Duration;
+
 use common::*;
 use rdkafka::mocking::MockCluster;
 use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
@@ -17,17 +19,34 @@ async fn failed_deliveries_are_sent_again_from_the_checkpoint() {
     let topic = unique("mock");
     mock.create_topic(&topic, 3, 1).unwrap();
     mock.create_topic(&format!("{topic}.dlq"), 3, 1).unwrap();
-    // Enough retriable produce errors that librdkafka's retries outlast the message
-    // timeout: deliveries of the first batches fail.
-    mock.request_errors(RDKafkaApiKey::Produce, &[RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 80]);
+    // Every produce request fails (retriably) until the pipeline has seen deliveries fail
+    // and gone back to its checkpoint; then the cluster heals.
+    mock.request_errors(RDKafkaApiKey::Produce, &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 100_000]);
     let mut p = Pipeline::new(&db.url, &topic);
     p.batch_size = 250;
     p.brokers = Some(mock.bootstrap_servers());
     p.kafka_extra = "[kafka.properties]\n\"message.timeout.ms\" = \"1500\"\n\"retry.backoff.ms\" = \"50\"\n\"compression.type\" = \"lz4\"";
     let setup = Setup::new(&p);
-    let out = tokio::task::block_in_place(|| setup.run_once());
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(stderr.contains("resuming from the last checkpoint"), "a delivery failed and the pipeline went back: {stderr}");
+    let mut daemon = setup.spawn(&["run", "--once"]);
+    tokio::task::block_in_place(|| {
+        wait_until("a failed delivery and a resume from the checkpoint", Duration::from_secs(60), || {
+            setup.log().contains("resuming from the last checkpoint")
+        })
+    });
+    assert!(setup.checkpoint().is_none(), "nothing was committed while every delivery failed");
+    mock.clear_request_errors(RDKafkaApiKey::Produce);
+    let status = tokio::task::block_in_place(|| {
+        let end = std::time::Instant::now() + Duration::from_secs(120);
+        loop {
+            if let Some(s) = daemon.try_wait().unwrap() {
+                break s;
+            }
+            assert!(std::time::Instant::now() < end, "the run did not finish once the cluster healed: {}", setup.log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    });
+    assert!(status.success(), "{}", setup.log());
+    assert!(setup.log().contains("building a new producer"), "{}", setup.log());
 
     let events = tokio::task::block_in_place(|| read_topic_from(&mock.bootstrap_servers(), &topic));
     let latest = latest_by_key(&events);
