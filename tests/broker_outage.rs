@@ -56,17 +56,7 @@ async fn the_checkpoint_waits_for_the_broker_and_nothing_is_lost() {
     assert!(!frozen_position["cutoff"].is_null(), "the run was interrupted mid-way: {frozen_position}");
     drop(back); // broker up again
 
-    let end = Instant::now() + Duration::from_secs(300);
-    let status = loop {
-        if let Some(s) = daemon.try_wait().unwrap() {
-            break s;
-        }
-        if Instant::now() > end {
-            daemon.kill().unwrap();
-            panic!("the run did not complete after the broker came back; its log:\n{}", setup.log());
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    };
+    let status = wait_for_exit(&mut daemon, Duration::from_secs(300), "the run did not complete after the broker came back", || setup.log());
     assert!(status.success(), "{}", setup.log());
     println!("daemon log: {} lines", setup.log().lines().count());
     let events = read_topic(&topic);

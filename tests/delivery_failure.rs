@@ -36,14 +36,7 @@ async fn failed_deliveries_are_sent_again_from_the_checkpoint() {
     assert!(setup.checkpoint().is_none(), "nothing was committed while every delivery failed");
     mock.clear_request_errors(RDKafkaApiKey::Produce);
     let status = tokio::task::block_in_place(|| {
-        let end = std::time::Instant::now() + Duration::from_secs(120);
-        loop {
-            if let Some(s) = daemon.try_wait().unwrap() {
-                break s;
-            }
-            assert!(std::time::Instant::now() < end, "the run did not finish once the cluster healed: {}", setup.log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_for_exit(&mut daemon, Duration::from_secs(120), "the run did not finish once the cluster healed", || setup.log())
     });
     assert!(status.success(), "{}", setup.log());
     assert!(setup.log().contains("building a new producer"), "{}", setup.log());

@@ -142,16 +142,7 @@ async fn every_fault_ends_with_nothing_missing() {
     // Mid-run, the API's key rotates: the next cursor is refused; the run restarts from since.
     block_in_place(|| wait_until("a run in progress", Duration::from_secs(60), || setup.checkpoint().is_some_and(|c| !c["position"]["cursor"].is_null())));
     proxy.set_upstream(&rotated.base);
-    let status = block_in_place(|| {
-        let end = std::time::Instant::now() + Duration::from_secs(180);
-        loop {
-            if let Some(s) = daemon.try_wait().unwrap() {
-                break s;
-            }
-            assert!(std::time::Instant::now() < end, "the run did not finish");
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    });
+    let status = block_in_place(|| wait_for_exit(&mut daemon, Duration::from_secs(180), "the run did not finish", || setup.log()));
     let stderr = setup.log();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("refused the cursor"), "the refused cursor is logged: {stderr}");

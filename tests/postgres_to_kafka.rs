@@ -230,14 +230,7 @@ async fn daemon_metrics_match_the_topic_and_sigterm_exits_cleanly() {
     // SIGTERM: drains, commits, exits 0.
     let status = std::process::Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
     assert!(status.success());
-    let end = std::time::Instant::now() + Duration::from_secs(30);
-    let exit = loop {
-        if let Some(s) = daemon.try_wait().unwrap() {
-            break s;
-        }
-        assert!(std::time::Instant::now() < end, "daemon did not stop on SIGTERM");
-        std::thread::sleep(Duration::from_millis(50));
-    };
+    let exit = wait_for_exit(&mut daemon, Duration::from_secs(30), "daemon did not stop on SIGTERM", || setup.log());
     assert!(exit.success(), "exit status {exit:?}");
     db.drop_db().await;
 }

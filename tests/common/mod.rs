@@ -234,6 +234,22 @@ pub fn run_with_deadline(mut cmd: Command, deadline: Duration) -> Output {
     }
 }
 
+/// Waits for a spawned daemon to exit; past the deadline it is killed and the test fails
+/// with `what` and the daemon's log.
+pub fn wait_for_exit(child: &mut Child, deadline: Duration, what: &str, log: impl Fn() -> String) -> std::process::ExitStatus {
+    let end = Instant::now() + deadline;
+    loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            return status;
+        }
+        if Instant::now() > end {
+            let _ = child.kill();
+            panic!("{what} (within {deadline:?}); its log:\n{}", log());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// Waits for a condition, polling, with a deadline.
 pub fn wait_until(what: &str, deadline: Duration, mut ready: impl FnMut() -> bool) {
     let end = Instant::now() + deadline;
