@@ -16,8 +16,11 @@ STACK_DIR=${STACK_DIR:-$ROOT/target/stack}
 KAFKA_VERSION=${KAFKA_VERSION:-4.1.1}
 LOG4J_VERSION=2.24.3
 KAFKA_DIR=$STACK_DIR/kafka
-KAFKA_PORT=9092
-CONTROLLER_PORT=9093
+# One broker instance: its config, data, logs and pid. The defaults are the shared local
+# broker; a test that must stop a broker starts a private one by setting these three.
+KAFKA_INSTANCE_DIR=${KAFKA_INSTANCE_DIR:-$KAFKA_DIR}
+KAFKA_PORT=${KAFKA_PORT:-9092}
+CONTROLLER_PORT=${CONTROLLER_PORT:-9093}
 PG_PORT=5432
 PG_PASSWORD=${PG_PASSWORD:-postgres}
 PG_DB=${PG_DB:-order_cdc}
@@ -123,8 +126,8 @@ POM
 }
 
 kafka_configure() {
-  mkdir -p "$KAFKA_DIR/data" "$KAFKA_DIR/logs"
-  cat > "$KAFKA_DIR/server.properties" <<PROPS
+  mkdir -p "$KAFKA_INSTANCE_DIR/data" "$KAFKA_INSTANCE_DIR/logs"
+  cat > "$KAFKA_INSTANCE_DIR/server.properties" <<PROPS
 process.roles=broker,controller
 node.id=1
 controller.quorum.bootstrap.servers=127.0.0.1:$CONTROLLER_PORT
@@ -133,7 +136,7 @@ advertised.listeners=PLAINTEXT://127.0.0.1:$KAFKA_PORT
 controller.listener.names=CONTROLLER
 inter.broker.listener.name=PLAINTEXT
 listener.security.protocol.map=CONTROLLER:PLAINTEXT,PLAINTEXT:PLAINTEXT
-log.dirs=$KAFKA_DIR/data
+log.dirs=$KAFKA_INSTANCE_DIR/data
 num.partitions=1
 auto.create.topics.enable=true
 offsets.topic.replication.factor=1
@@ -143,7 +146,7 @@ share.coordinator.state.topic.replication.factor=1
 share.coordinator.state.topic.min.isr=1
 group.initial.rebalance.delay.ms=0
 PROPS
-  cat > "$KAFKA_DIR/log4j2.yaml" <<'YAML'
+  cat > "$KAFKA_INSTANCE_DIR/log4j2.yaml" <<'YAML'
 Configuration:
   Appenders:
     Console:
@@ -156,15 +159,15 @@ Configuration:
       AppenderRef:
         - ref: STDOUT
 YAML
-  if [ ! -f "$KAFKA_DIR/data/meta.properties" ]; then
+  if [ ! -f "$KAFKA_INSTANCE_DIR/data/meta.properties" ]; then
     local id; id=$(java -cp "$(kafka_cp)" kafka.tools.StorageTool random-uuid 2>/dev/null | tail -1)
     java -cp "$(kafka_cp)" kafka.tools.StorageTool format --standalone -t "$id" \
-      -c "$KAFKA_DIR/server.properties" >"$KAFKA_DIR/logs/format.log" 2>&1 \
-      || { cat "$KAFKA_DIR/logs/format.log" >&2; die "formatting Kafka storage failed"; }
+      -c "$KAFKA_INSTANCE_DIR/server.properties" >"$KAFKA_INSTANCE_DIR/logs/format.log" 2>&1 \
+      || { cat "$KAFKA_INSTANCE_DIR/logs/format.log" >&2; die "formatting Kafka storage failed"; }
   fi
 }
 
-kafka_pid() { local p; p=$(cat "$KAFKA_DIR/kafka.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && echo "$p"; }
+kafka_pid() { local p; p=$(cat "$KAFKA_INSTANCE_DIR/kafka.pid" 2>/dev/null) && kill -0 "$p" 2>/dev/null && echo "$p"; }
 
 kafka_up() {
   kafka_install
@@ -172,16 +175,16 @@ kafka_up() {
   if kafka_pid >/dev/null; then
     # Started earlier and still coming up.
     wait_for "Kafka" 120 kafka_answers && return
-    tail -n 30 "$KAFKA_DIR/logs/server.log" >&2; die "Kafka runs but does not answer"
+    tail -n 30 "$KAFKA_INSTANCE_DIR/logs/server.log" >&2; die "Kafka runs but does not answer"
   fi
   kafka_configure
-  log "starting Kafka $KAFKA_VERSION on $BROKERS (log: $KAFKA_DIR/logs/server.log)"
+  log "starting Kafka $KAFKA_VERSION on $BROKERS (log: $KAFKA_INSTANCE_DIR/logs/server.log)"
   nohup java -Xmx1g -Xms256m -XX:+UseG1GC -Djava.awt.headless=true \
-    -Dlog4j2.configurationFile="$KAFKA_DIR/log4j2.yaml" \
-    -cp "$(kafka_cp)" kafka.Kafka "$KAFKA_DIR/server.properties" \
-    >>"$KAFKA_DIR/logs/server.log" 2>&1 </dev/null &
-  echo $! >"$KAFKA_DIR/kafka.pid"
-  wait_for "Kafka" 120 kafka_answers || { tail -n 30 "$KAFKA_DIR/logs/server.log" >&2; die "Kafka did not start"; }
+    -Dlog4j2.configurationFile="$KAFKA_INSTANCE_DIR/log4j2.yaml" \
+    -cp "$(kafka_cp)" kafka.Kafka "$KAFKA_INSTANCE_DIR/server.properties" \
+    >>"$KAFKA_INSTANCE_DIR/logs/server.log" 2>&1 </dev/null &
+  echo $! >"$KAFKA_INSTANCE_DIR/kafka.pid"
+  wait_for "Kafka" 120 kafka_answers || { tail -n 30 "$KAFKA_INSTANCE_DIR/logs/server.log" >&2; die "Kafka did not start"; }
 }
 
 kafka_down() {
@@ -190,7 +193,7 @@ kafka_down() {
   local end=$((SECONDS + 60))
   while kill -0 "$p" 2>/dev/null && [ $SECONDS -lt $end ]; do sleep 0.5; done
   kill -9 "$p" 2>/dev/null || true
-  rm -f "$KAFKA_DIR/kafka.pid"
+  rm -f "$KAFKA_INSTANCE_DIR/kafka.pid"
 }
 
 # ---------------------------------------------------------------- commands
@@ -201,7 +204,9 @@ print_env() {
 }
 
 case "${1:-}" in
-  up) pg_up; kafka_up; print_env ;;
+  # Only the environment goes to stdout: the tools we call (pg_ctlcluster says "Removed
+  # stale pid file." after an unclean stop) must not mix into what callers evaluate.
+  up) { pg_up; kafka_up; } >&2; print_env ;;
   down) kafka_down; pg_down; log "stopped" ;;
   kafka-up) kafka_up ;;
   kafka-down) kafka_down ;;
