@@ -266,6 +266,20 @@ pub struct ExportApiSourceConfig {
     /// A larger page is an error (lower `limit`).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+    /// The top-level field of a document that holds its id (the event key).
+    #[serde(default = "default_id_field")]
+    pub id_field: String,
+    /// The top-level field that holds its change time: an RFC 3339 / seed-000 datetime
+    /// string, or Unix seconds (milliseconds when it is too large to be seconds).
+    #[serde(default = "default_updated_at_field")]
+    pub updated_at_field: String,
+}
+
+fn default_id_field() -> String {
+    "order_id".into()
+}
+fn default_updated_at_field() -> String {
+    "updated_at".into()
 }
 
 fn default_api_limit() -> u32 {
@@ -412,13 +426,19 @@ impl Config {
             match &p.source {
                 SourceConfig::ExportApi(s) => {
                     if url::Url::parse(&s.base_url).map(|u| !matches!(u.scheme(), "http" | "https")).unwrap_or(true) {
-                        return Err(invalid(key("source.base_url"), format!("{:?} is not an http(s) URL", s.base_url)));
+                        // Not the value itself: it may hold credentials.
+                        return Err(invalid(key("source.base_url"), "is not an http(s) URL"));
                     }
                     if !(1..=1000).contains(&s.limit) {
                         return Err(invalid(key("source.limit"), "must be between 1 and 1000"));
                     }
                     if s.token.expose().trim().is_empty() {
                         return Err(invalid(key("source.token"), "must not be empty"));
+                    }
+                    for (field, value) in [("source.id_field", &s.id_field), ("source.updated_at_field", &s.updated_at_field)] {
+                        if value.is_empty() {
+                            return Err(invalid(key(field), "must not be empty"));
+                        }
                     }
                 }
                 SourceConfig::Postgres(s) => {

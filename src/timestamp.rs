@@ -16,8 +16,10 @@ pub fn parse(input: &str) -> Result<DateTime<Utc>, String> {
     let parsed = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {
-            // RFC 3339 allows a space for the `T`; so do we, with or without an offset.
-            DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%:z").map(|t| t.with_timezone(&Utc))
+            // A space for the `T`, and offsets as PostgreSQL prints them (`+00`, `+0530`).
+            DateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f%#z")
+                .or_else(|_| DateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f%#z"))
+                .map(|t| t.with_timezone(&Utc))
         })
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%dT%H:%M:%S%.f").map(|t| t.and_utc()))
         .or_else(|_| NaiveDateTime::parse_from_str(s, "%Y-%m-%d %H:%M:%S%.f").map(|t| t.and_utc()))
@@ -47,6 +49,10 @@ mod tests {
         assert_eq!(parse("2024-01-01 00:00:00").unwrap(), midnight);
         assert_eq!(parse("2024-01-01T02:00:00+02:00").unwrap(), midnight);
         assert_eq!(parse("2024-01-01T00:00:00").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01 00:00:00Z").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01 00:00:00+00").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01T05:30:00+0530").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01 01:00:00.000+01").unwrap(), midnight);
         assert_eq!(format(parse("2024-01-01T00:00:00.1234567Z").unwrap()), "2024-01-01T00:00:00.123456Z");
     }
 

@@ -4,14 +4,18 @@
 //!
 //! Every page is read whole and parsed before anything is handed over, so a truncated or
 //! malformed page is retried, never half published. The documents go on as the exact
-//! bytes the API sent (`RawValue`); only `order_id` and `updated_at` are read from them.
+//! bytes the API sent (`RawValue`); only the id and `updated_at` fields are read from
+//! them, and nothing else of a document is parsed into values.
 
+use std::borrow::Cow;
+use std::fmt;
 use std::time::{Duration, Instant};
 
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderMap, RETRY_AFTER};
 use reqwest::StatusCode;
-use serde::{Deserialize, Serialize};
+use serde::de::{DeserializeSeed, IgnoredAny, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
 use serde_json::value::RawValue;
 
 use super::{Batch, Record, RecordBody, Source, SourceError};
@@ -56,13 +60,25 @@ pub fn identity(cfg: &ExportApiSourceConfig) -> String {
     format!("{url}/sales-orders/export")
 }
 
+/// A page as implementations of the API write it: `data` may be missing or null on an
+/// empty page, and `has_more` missing (a null `next_cursor` then ends the run).
 #[derive(Deserialize)]
 struct Page<'a> {
-    #[serde(borrow)]
-    data: Vec<&'a RawValue>,
+    #[serde(borrow, default)]
+    data: Option<Vec<&'a RawValue>>,
+    #[serde(default)]
     next_cursor: Option<String>,
-    has_more: bool,
+    #[serde(default)]
+    has_more: Option<bool>,
+    #[serde(default)]
     meta: Option<Meta>,
+}
+
+impl Page<'_> {
+    /// The run is over when the API says so or gives no way to go on.
+    fn ends_run(&self) -> bool {
+        self.has_more == Some(false) || self.next_cursor.as_deref().is_none_or(str::is_empty)
+    }
 }
 
 #[derive(Deserialize)]
@@ -70,11 +86,52 @@ struct Meta {
     cutoff: Option<String>,
 }
 
-/// What an event needs from a document.
-#[derive(Deserialize)]
+/// What an event needs from a document: its id and change time, read from the
+/// configured top-level fields. Every other field is skipped without building values.
+#[derive(Default)]
 struct Head {
-    order_id: Option<serde_json::Value>,
-    updated_at: Option<String>,
+    id: Option<serde_json::Value>,
+    updated_at: Option<serde_json::Value>,
+}
+
+/// Reads a `Head` out of a document with the given field names.
+struct HeadFields<'f> {
+    id: &'f str,
+    updated_at: &'f str,
+}
+
+/// A map key, borrowed from the page unless it has escapes.
+#[derive(Deserialize)]
+struct Key<'a>(#[serde(borrow)] Cow<'a, str>);
+
+impl<'de> DeserializeSeed<'de> for HeadFields<'_> {
+    type Value = Head;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Head, D::Error> {
+        deserializer.deserialize_map(self)
+    }
+}
+
+impl<'de> Visitor<'de> for HeadFields<'_> {
+    type Value = Head;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a JSON object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Head, A::Error> {
+        let mut head = Head::default();
+        while let Some(Key(key)) = map.next_key()? {
+            if key == self.id {
+                head.id = Some(map.next_value()?);
+            } else if key == self.updated_at {
+                head.updated_at = Some(map.next_value()?);
+            } else {
+                map.next_value::<IgnoredAny>()?;
+            }
+        }
+        Ok(head)
+    }
 }
 
 pub struct ExportApiSource {
@@ -129,11 +186,12 @@ impl ExportApiSource {
         let mut url = url::Url::parse(&self.endpoint).expect("checked at open");
         {
             let mut query = url.query_pairs_mut();
+            // As seed 000 shows it: a run starts with `since` and `limit`; a continuation
+            // sends the cursor alone (it carries the run's window and page size).
             match &continuing {
                 Some(cursor) => query.append_pair("cursor", cursor),
-                None => query.append_pair("since", &self.read.since),
+                None => query.append_pair("since", &self.read.since).append_pair("limit", &self.cfg.limit.to_string()),
             };
-            query.append_pair("limit", &self.cfg.limit.to_string());
         }
         let begun = Instant::now();
         let sent = self.http.get(url).bearer_auth(self.cfg.token.expose()).send().await;
@@ -156,7 +214,9 @@ impl ExportApiSource {
                 let retry_after = retry_after(response.headers(), Utc::now());
                 return Err(SourceError::Http { status: Some(429), message: "rate limited (429)".into(), retriable: true, retry_after });
             }
-            s if s.is_server_error() => return Err(self.http_error(Some(s.as_u16()), format!("the API answered {s}"), true)),
+            s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                return Err(self.http_error(Some(s.as_u16()), format!("the API answered {s}"), true))
+            }
             s if continuing.is_some() && s.is_client_error() => {
                 // The cursor was refused (expired, signed by a key that rotated away...):
                 // start the run again from its since. Duplicates, never loss.
@@ -175,18 +235,21 @@ impl ExportApiSource {
         let body = self.body(response).await?;
         let page: Page = serde_json::from_slice(&body)
             .map_err(|e| self.http_error(Some(200), format!("malformed page ({e}); retrying it"), true))?;
+        let ends_run = page.ends_run();
+        let data = page.data.unwrap_or_default();
         let cutoff = match (&continuing, page.meta.and_then(|m| m.cutoff)) {
-            (Some(_), _) => self.read.cutoff.clone(),
-            (None, Some(cutoff)) => Some(cutoff),
+            (Some(_), _) => self.read.cutoff.clone().unwrap_or_else(|| self.read.since.clone()),
+            (None, Some(cutoff)) => cutoff,
+            // Nothing changed and no cutoff given: the next run starts where this one did.
+            (None, None) if ends_run && data.is_empty() => self.read.since.clone(),
             // Without it there is no safe next since; guessing one could lose changes.
             (None, None) => return Err(self.http_error(Some(200), "the first page of a run has no meta.cutoff, so the next run cannot start safely".into(), false)),
         };
         if continuing.is_none() {
             self.fresh_run = true;
         }
-        let records: Vec<Record> = page.data.iter().map(|raw| record(raw)).collect();
-        let ends_run = !page.has_more || page.next_cursor.is_none();
-        let cutoff = cutoff.unwrap_or_else(|| self.read.since.clone());
+        let fields = HeadFields { id: &self.cfg.id_field, updated_at: &self.cfg.updated_at_field };
+        let records: Vec<Record> = data.iter().map(|raw| record(raw, &fields)).collect();
         let watermark = if ends_run {
             timestamp::parse(&cutoff).ok()
         } else {
@@ -208,25 +271,40 @@ impl ExportApiSource {
     }
 }
 
-fn record(raw: &RawValue) -> Record {
-    let bad = |key: String, reason: &str| Record {
+fn record(raw: &RawValue, fields: &HeadFields) -> Record {
+    let bad = |key: String, reason: String| Record {
         key,
         updated_at: timestamp::epoch(),
-        body: RecordBody::Bad { reason: reason.to_string(), raw: raw.get().as_bytes().to_vec() },
+        body: RecordBody::Bad { reason, raw: raw.get().as_bytes().to_vec() },
     };
-    let head: Head = match serde_json::from_str(raw.get()) {
+    let seed = HeadFields { id: fields.id, updated_at: fields.updated_at };
+    let head = match seed.deserialize(&mut serde_json::Deserializer::from_str(raw.get())) {
         Ok(h) => h,
-        Err(_) => return bad(String::new(), "the record is not a JSON object"),
+        Err(_) => return bad(String::new(), "the record is not a JSON object".into()),
     };
-    let key = match head.order_id {
+    let key = match head.id {
         Some(serde_json::Value::Number(n)) => n.to_string(),
         Some(serde_json::Value::String(s)) if !s.is_empty() => s,
-        _ => return bad(String::new(), "the record has no order_id"),
+        _ => return bad(String::new(), format!("the record has no {}", fields.id)),
     };
-    let Some(updated_at) = head.updated_at.as_deref().and_then(|t| timestamp::parse(t).ok()) else {
-        return bad(key, "the record has no valid updated_at");
+    let Some(updated_at) = head.updated_at.as_ref().and_then(change_time) else {
+        return bad(key, format!("the record has no valid {}", fields.updated_at));
     };
     Record { key, updated_at, body: RecordBody::Document(raw.get().to_string()) }
+}
+
+/// A change time as APIs write it: a datetime string, or Unix seconds (milliseconds when
+/// the number is too large to be seconds: 10^11 s is the year 5138).
+fn change_time(value: &serde_json::Value) -> Option<DateTime<Utc>> {
+    match value {
+        serde_json::Value::String(s) => timestamp::parse(s).ok(),
+        serde_json::Value::Number(n) => {
+            let n = n.as_f64()?;
+            let micros = if n.abs() >= 1e11 { n * 1e3 } else { n * 1e6 };
+            DateTime::from_timestamp_micros(micros.round() as i64)
+        }
+        _ => None,
+    }
 }
 
 /// `Retry-After` in seconds or as an HTTP date.
@@ -295,15 +373,50 @@ mod tests {
         assert_eq!(retry_after(&h, now), None);
     }
 
+    const SEED: HeadFields = HeadFields { id: "order_id", updated_at: "updated_at" };
+
+    fn raw(s: &str) -> Box<RawValue> {
+        RawValue::from_string(s.to_string()).unwrap()
+    }
+
     #[test]
     fn records_need_an_order_id_and_an_updated_at() {
-        let raw = |s: &str| RawValue::from_string(s.to_string()).unwrap();
-        let ok = record(&raw(r#"{"order_id": 7, "updated_at": "2024-01-15T10:30:00Z", "x": [1, 2]}"#));
-        assert_eq!(ok.key, "7");
-        assert!(matches!(&ok.body, RecordBody::Document(d) if d == r#"{"order_id": 7, "updated_at": "2024-01-15T10:30:00Z", "x": [1, 2]}"#));
-        assert_eq!(record(&raw(r#"{"order_id": "A-1", "updated_at": "2024-01-15 10:30:00"}"#)).key, "A-1");
-        assert!(matches!(record(&raw(r#"{"updated_at": "2024-01-15T10:30:00Z"}"#)).body, RecordBody::Bad { .. }));
-        assert!(matches!(record(&raw(r#"{"order_id": 7}"#)).body, RecordBody::Bad { .. }));
-        assert!(matches!(record(&raw(r#"[1]"#)).body, RecordBody::Bad { .. }));
+        let doc = r#"{"order_id": 7, "items": [{"order_id": 99}], "updated_at": "2024-01-15T10:30:00Z", "x": [1, 2]}"#;
+        let ok = record(&raw(doc), &SEED);
+        assert_eq!(ok.key, "7", "the top-level id, not a nested one");
+        assert!(matches!(&ok.body, RecordBody::Document(d) if d == doc), "the bytes pass through untouched");
+        assert_eq!(record(&raw(r#"{"order_id": "A-1", "updated_at": "2024-01-15 10:30:00"}"#), &SEED).key, "A-1");
+        let bad = |doc: &str| match record(&raw(doc), &SEED).body {
+            RecordBody::Bad { reason, .. } => reason,
+            RecordBody::Document(_) => panic!("{doc} was accepted"),
+            RecordBody::Deleted => unreachable!(),
+        };
+        assert_eq!(bad(r#"{"updated_at": "2024-01-15T10:30:00Z"}"#), "the record has no order_id");
+        assert_eq!(bad(r#"{"order_id": 7}"#), "the record has no valid updated_at");
+        assert_eq!(bad(r#"{"order_id": 7, "updated_at": "yesterday"}"#), "the record has no valid updated_at");
+        assert_eq!(bad(r#"[1]"#), "the record is not a JSON object");
+    }
+
+    #[test]
+    fn field_names_and_change_time_forms_are_the_apis() {
+        let fields = HeadFields { id: "id", updated_at: "modified" };
+        let at = |doc: &str| record(&raw(doc), &fields).updated_at;
+        let expected = DateTime::parse_from_rfc3339("2024-01-15T10:30:00.5Z").unwrap().with_timezone(&Utc);
+        assert_eq!(at(r#"{"id": "u-1", "modified": "2024-01-15T10:30:00.5Z"}"#), expected);
+        assert_eq!(at(r#"{"id": "u-1", "modified": "2024-01-15 10:30:00.5+00"}"#), expected);
+        assert_eq!(at(r#"{"id": "u-1", "modified": 1705314600.5}"#), expected);
+        assert_eq!(at(r#"{"id": "u-1", "modified": 1705314600500}"#), expected);
+        assert_eq!(record(&raw(r#"{"i\u0064": 5, "modified": 1705314600}"#), &fields).key, "5", "escaped keys match too");
+    }
+
+    #[test]
+    fn a_run_ends_when_the_page_says_so_or_cannot_go_on() {
+        let page = |s: &str| serde_json::from_str::<Page>(s).unwrap().ends_run();
+        assert!(page(r#"{"data": [], "next_cursor": null, "has_more": false}"#));
+        assert!(page(r#"{"data": null}"#));
+        assert!(page(r#"{"data": [], "next_cursor": "", "has_more": true}"#));
+        assert!(page(r#"{"data": [], "next_cursor": "c", "has_more": false}"#));
+        assert!(!page(r#"{"data": [], "next_cursor": "c", "has_more": true}"#));
+        assert!(!page(r#"{"data": [], "next_cursor": "c"}"#));
     }
 }
