@@ -145,6 +145,35 @@ deleted = "t.state = 'gone'""#;
     db.drop_db().await;
 }
 
+/// A `sales_orders` table that is not the reference schema gets `row` documents by
+/// default (the export document needs the tables of `order-cdc migrate`).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_foreign_sales_orders_table_defaults_to_row_documents() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE SCHEMA erp;
+             CREATE TABLE erp.sales_orders (id bigint PRIMARY KEY, modified_at timestamptz NOT NULL, customer text);
+             INSERT INTO erp.sales_orders
+               SELECT g, timestamptz '2024-05-01' + g * interval '1 ms', 'customer ' || g FROM generate_series(1, 500) g;",
+        )
+        .await
+        .unwrap();
+    let topic = unique("erp");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.source_extra = "table = \"erp.sales_orders\"\nupdated_at_column = \"modified_at\"";
+    let setup = Setup::new(&p);
+    setup.run_once();
+    let rows = client.query("SELECT id::text, row_to_json(t)::text FROM erp.sales_orders t", &[]).await.unwrap();
+    let latest = latest_by_key(&read_topic(&topic));
+    assert_eq!(latest.len(), rows.len());
+    for row in &rows {
+        assert_eq!(latest[row.get::<_, &str>(0)].text(), row.get::<_, &str>(1));
+    }
+    db.drop_db().await;
+}
+
 fn count_dead(topic: &str, rows: &[tokio_postgres::Row]) -> usize {
     let dead = read_topic(topic);
     let expected: HashSet<String> = rows

@@ -183,7 +183,7 @@ impl PostgresSource {
     }
 
     fn explain_prepare(&self, e: tokio_postgres::Error) -> SourceError {
-        let hint = if self.document_is_export() {
+        let hint = if self.cfg.document.as_deref() == Some("export") {
             " (document = \"export\" needs the reference schema of `order-cdc migrate`; for another table set document = \"row\" or an SQL expression)"
         } else {
             ""
@@ -191,10 +191,36 @@ impl PostgresSource {
         SourceError::Setup(format!("the queries on {} do not prepare: {}{hint}", self.cfg.table, store::describe(&e)))
     }
 
-    fn document_is_export(&self) -> bool {
+    /// Whether documents are the seed-001 export document: when configured so, or by
+    /// default for a table named `sales_orders` that has the reference schema of `order-cdc
+    /// migrate` (probed by preparing the document query). Any other table, including a
+    /// `sales_orders` of another shape, defaults to `row`.
+    async fn document_is_export(&self, client: &Client, table_sql: &str, schema: &str, announce: bool) -> Result<bool, SourceError> {
         match self.cfg.document.as_deref() {
-            Some(d) => d == "export",
-            None => unqualified(&self.cfg.table) == "sales_orders",
+            Some(d) => return Ok(d == "export"),
+            None if unqualified(&self.cfg.table) != "sales_orders" => return Ok(false),
+            None => {}
+        }
+        let probe = format!(
+            "SELECT ({})::text, ({}) FROM {table_sql} t LIMIT 0",
+            document::export_document(schema),
+            document::EXPORT_DELETED
+        );
+        match client.prepare(&probe).await {
+            Ok(_) => Ok(true),
+            // A lost connection says nothing about the schema: retry, never switch shapes.
+            Err(e) if store::is_transient(&e) => Err(SourceError::Query(format!("probing {}: {}", self.cfg.table, store::describe(&e)), true)),
+            Err(e) => {
+                if announce {
+                    tracing::warn!(
+                        pipeline = %self.pipeline,
+                        reason = %store::describe(&e),
+                        "table {} is not the reference schema of `order-cdc migrate`: documents are row_to_json(t) (set source.document to choose)",
+                        self.cfg.table
+                    );
+                }
+                Ok(false)
+            }
         }
     }
 
@@ -249,7 +275,7 @@ impl PostgresSource {
         // rounded-down value can never fall below a cutoff its transaction was held above.
         let precision = if upd_typmod >= 0 { upd_typmod.clamp(0, 6) as u16 } else { 6 };
 
-        let export = self.document_is_export();
+        let export = self.document_is_export(client, &table_sql, &schema, announce).await?;
         let document = match self.cfg.document.as_deref() {
             _ if export => document::export_document(&schema),
             Some("row") | None => "row_to_json(t)".to_string(),
