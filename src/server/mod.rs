@@ -19,7 +19,6 @@ use axum::response::Response;
 use axum::routing::{get, post};
 use axum::Router;
 use deadpool_postgres::{Manager, ManagerConfig, Pool, RecyclingMethod};
-use tokio_postgres::NoTls;
 
 use crate::config::{CutoffKind, ServerConfig};
 use crate::metrics::Metrics;
@@ -88,8 +87,8 @@ pub async fn state(cfg: &ServerConfig, metrics: Arc<Metrics>) -> Result<AppState
             CutoffMode::Lag(cfg.cutoff_lag)
         }
     };
-    let pg_config: tokio_postgres::Config = cfg.database_url.expose().parse().map_err(|e| StoreError::Connect { target: cfg.database_url.redacted(), source: e })?;
-    let manager = Manager::from_config(pg_config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
+    let (pg_config, tls) = store::tls::connector(&cfg.database_url)?;
+    let manager = Manager::from_config(pg_config, tls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
     let pool = Pool::builder(manager).max_size(cfg.pool_size).build().expect("a pool without a runtime-specific hook builds");
     Ok(AppState {
         pool,

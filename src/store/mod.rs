@@ -6,11 +6,12 @@ pub mod cutoff;
 pub mod demo;
 pub mod document;
 pub mod schema;
+pub mod tls;
 
 use std::time::Duration;
 
 use tokio_postgres::error::SqlState;
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
 
 use crate::secret::SecretUrl;
 
@@ -24,6 +25,9 @@ pub enum StoreError {
     Db { context: String, source: tokio_postgres::Error },
     #[error("{0}")]
     Schema(String),
+    /// A TLS setting that cannot work (an unreadable `sslrootcert`).
+    #[error("{0}")]
+    Tls(String),
 }
 
 impl StoreError {
@@ -38,7 +42,7 @@ impl StoreError {
         match self {
             Self::Connect { .. } | Self::ConnectTimeout { .. } => true,
             Self::Db { source, .. } => is_transient(source),
-            Self::Schema(_) => false,
+            Self::Schema(_) | Self::Tls(_) => false,
         }
     }
 }
@@ -81,7 +85,8 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
 /// in pg_stat_activity) and drives the connection in the background.
 pub async fn connect(url: &SecretUrl, timeout: Duration, application_name: &str) -> Result<Client, StoreError> {
     let target = url.redacted();
-    let connecting = tokio_postgres::connect(url.expose(), NoTls);
+    let (config, tls) = tls::connector(url)?;
+    let connecting = config.connect(tls);
     let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
         Err(_) => return Err(StoreError::ConnectTimeout { target, timeout }),
         Ok(Err(source)) => return Err(StoreError::Connect { target, source }),
