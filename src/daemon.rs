@@ -7,8 +7,9 @@ use crate::checkpoint::FileStore;
 use crate::config::{Config, PipelineConfig, SourceConfig};
 use crate::event::EventFormat;
 use crate::metrics::{self, Metrics, PipelineState};
-use crate::pipeline::{Pipeline, PipelineError, PublisherSpec, Settings};
+use crate::pipeline::{Pipeline, PipelineError, Settings};
 use crate::shutdown;
+use crate::sink::kafka::{Publisher, PublisherSpec};
 use crate::source::export_api::ExportApiSource;
 use crate::source::postgres::PostgresSource;
 use crate::source::{self, ConfiguredSource};
@@ -124,8 +125,9 @@ async fn build(
         dead_letter_topic: p.dead_letter_topic(),
         partitions: p.partitions,
         replication_factor: p.replication_factor,
+        on_bad_record: p.on_bad_record,
     };
-    let publisher = spec.connect().await?;
+    let publisher = Publisher::connect(&spec).await?;
     Ok(Pipeline {
         name: name.to_string(),
         source,

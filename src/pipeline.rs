@@ -14,11 +14,10 @@ use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
 use crate::checkpoint::{self, Checkpoint, CheckpointError, FileStore};
-use crate::config::{KafkaConfig, OnBadRecord};
-use crate::event::EventFormat;
+use crate::config::OnBadRecord;
 use crate::metrics::{PipelineMetrics, PipelineState};
 use crate::shutdown::Shutdown;
-use crate::sink::kafka::{Pending, PublishError, Publisher};
+use crate::sink::kafka::{Pending, PublishError, Publisher, PublisherSpec};
 use crate::source::{Batch, RecordBody, Source, SourceError};
 
 #[derive(Debug, thiserror::Error)]
@@ -47,26 +46,11 @@ impl PipelineError {
         match self {
             Self::Source(_) => "source",
             Self::Publish(PublishError::Delivery(_) | PublishError::Canceled) => "delivery",
+            Self::Publish(PublishError::TooLarge { .. }) => "bad_record",
             Self::Publish(_) => "kafka",
             Self::Checkpoint(_) => "checkpoint",
             Self::BadRecord { .. } => "bad_record",
         }
-    }
-}
-
-/// Everything needed to (re)build a pipeline's producer.
-pub struct PublisherSpec {
-    pub kafka: KafkaConfig,
-    pub format: EventFormat,
-    pub topic: String,
-    pub dead_letter_topic: String,
-    pub partitions: i32,
-    pub replication_factor: i32,
-}
-
-impl PublisherSpec {
-    pub async fn connect(&self) -> Result<Publisher, PublishError> {
-        Publisher::connect(&self.kafka, self.format.clone(), &self.topic, &self.dead_letter_topic, self.partitions, self.replication_factor).await
     }
 }
 
@@ -130,7 +114,7 @@ impl<S: Source> Pipeline<S> {
             if let Some(reason) = reason {
                 tracing::warn!(pipeline = %self.name, %reason, "building a new producer");
                 let fresh = loop {
-                    match self.publisher_spec.connect().await {
+                    match Publisher::connect(&self.publisher_spec).await {
                         Ok(p) => break p,
                         Err(e) => {
                             self.metrics.error("kafka");

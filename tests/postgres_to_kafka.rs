@@ -174,6 +174,53 @@ async fn a_foreign_sales_orders_table_defaults_to_row_documents() {
     db.drop_db().await;
 }
 
+/// A document larger than Kafka takes (librdkafka's message.max.bytes, 1,000,000 by
+/// default) cannot be published: it goes to the dead-letter topic, key and reason without
+/// the document, and the run goes on; with `on_bad_record = "fail"` it stops the pipeline
+/// and names the order.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_event_too_large_for_kafka_is_dead_lettered_or_stops_the_pipeline() {
+    let db = TestDb::create().await;
+    let client = db.client().await;
+    client
+        .batch_execute(
+            "CREATE TABLE notes (id int PRIMARY KEY, updated_at timestamptz NOT NULL, body text NOT NULL);
+             INSERT INTO notes SELECT g, timestamptz '2024-05-01' + g * interval '1 ms',
+                                      CASE WHEN g = 150 THEN repeat('x', 1500000) ELSE 'note ' || g END
+                                 FROM generate_series(1, 300) g;",
+        )
+        .await
+        .unwrap();
+    let topic = unique("notes");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.batch_size = 100;
+    p.source_extra = "table = \"notes\"\ndocument = \"json_build_object('id', t.id, 'body', t.body)\"";
+    let setup = Setup::new(&p);
+    setup.run_once();
+    let events = latest_by_key(&read_topic(&topic));
+    assert_eq!(events.len(), 299, "every other order is published");
+    assert!(!events.contains_key("150"));
+    let dead = read_topic(&format!("{topic}.dlq"));
+    assert_eq!(dead.len(), 1);
+    assert_eq!(dead[0].key, "150");
+    assert!(dead[0].headers["order_cdc_error"].contains("message.max.bytes"), "{:?}", dead[0].headers);
+    assert!(dead[0].value.as_deref().unwrap_or_default().is_empty(), "the document is left out");
+
+    let topic = unique("notes-fail");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.batch_size = 100;
+    p.pipeline_extra = "on_bad_record = \"fail\"";
+    p.source_extra = "table = \"notes\"\ndocument = \"json_build_object('id', t.id, 'body', t.body)\"";
+    let setup = Setup::new(&p);
+    let out = setup.command(&["run", "--once"]).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("order 150") && stderr.contains("message.max.bytes"), "{stderr}");
+    let cp = setup.checkpoint().expect("the pages before it were committed");
+    assert!(cp["position"]["after"][1].as_str().unwrap().parse::<i64>().unwrap() < 150, "{cp}");
+    db.drop_db().await;
+}
+
 fn count_dead(topic: &str, rows: &[tokio_postgres::Row]) -> usize {
     let dead = read_topic(topic);
     let expected: HashSet<String> = rows

@@ -12,7 +12,7 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use crate::config::KafkaConfig;
+use crate::config::{KafkaConfig, OnBadRecord};
 use crate::event::{Event, EventFormat};
 use crate::source::{Record, RecordBody};
 
@@ -32,6 +32,8 @@ pub enum PublishError {
     Delivery(KafkaError),
     #[error("the producer went away before reporting a delivery")]
     Canceled,
+    #[error("order {key}: its event value is {bytes} bytes, more than the producer's message.max.bytes; on_bad_record = \"fail\" stops the pipeline here")]
+    TooLarge { key: String, bytes: usize },
 }
 
 impl PublishError {
@@ -77,11 +79,24 @@ pub struct Pending {
     pub dead_letter: bool,
 }
 
+/// Everything needed to (re)build a pipeline's producer.
+pub struct PublisherSpec {
+    pub kafka: KafkaConfig,
+    pub format: EventFormat,
+    pub topic: String,
+    pub dead_letter_topic: String,
+    pub partitions: i32,
+    pub replication_factor: i32,
+    /// What becomes of an event Kafka cannot take (larger than `message.max.bytes`).
+    pub on_bad_record: OnBadRecord,
+}
+
 pub struct Publisher {
     producer: FutureProducer<LoggingContext>,
     topic: String,
     dead_letter_topic: String,
     format: EventFormat,
+    on_bad_record: OnBadRecord,
 }
 
 /// The producer settings order-cdc needs for its guarantees, then the user's properties
@@ -103,14 +118,8 @@ pub fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
 
 impl Publisher {
     /// Builds the producer, checks that the cluster answers and creates missing topics.
-    pub async fn connect(
-        kafka: &KafkaConfig,
-        format: EventFormat,
-        topic: &str,
-        dead_letter_topic: &str,
-        partitions: i32,
-        replication_factor: i32,
-    ) -> Result<Self, PublishError> {
+    pub async fn connect(spec: &PublisherSpec) -> Result<Self, PublishError> {
+        let PublisherSpec { kafka, format, topic, dead_letter_topic, partitions, replication_factor, on_bad_record } = spec;
         let cfg = client_config(kafka, &format.pipeline);
         let started = Arc::new(AtomicBool::new(false));
         let producer: FutureProducer<LoggingContext> = cfg
@@ -125,11 +134,17 @@ impl Publisher {
         // Only missing topics are created: a role without the right to create topics can
         // still publish to existing ones.
         let existing: Vec<&str> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
-        let missing: Vec<&str> = [topic, dead_letter_topic].into_iter().filter(|t| !existing.contains(t)).collect();
+        let missing: Vec<&str> = [topic, dead_letter_topic].into_iter().map(String::as_str).filter(|t| !existing.contains(t)).collect();
         if !missing.is_empty() {
-            ensure_topics(&cfg, &missing, partitions, replication_factor).await?;
+            ensure_topics(&cfg, &missing, *partitions, *replication_factor).await?;
         }
-        Ok(Self { producer, topic: topic.to_string(), dead_letter_topic: dead_letter_topic.to_string(), format })
+        Ok(Self {
+            producer,
+            topic: topic.clone(),
+            dead_letter_topic: dead_letter_topic.clone(),
+            format: format.clone(),
+            on_bad_record: *on_bad_record,
+        })
     }
 
     /// A fatal producer error (librdkafka's word): the producer must be rebuilt.
@@ -147,10 +162,30 @@ impl Publisher {
                 _ => (self.format.encode(record), false),
             };
             let topic = if dead_letter { &self.dead_letter_topic } else { &self.topic };
-            let delivery = self.send(topic, event).await?;
-            pending.push(Pending { delivery, dead_letter });
+            let bytes = event.payload().map_or(0, <[u8]>::len);
+            let pending_event = match self.send(topic, event).await {
+                Err(PublishError::Send(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))) => {
+                    self.too_large(record, bytes).await?
+                }
+                sent => Pending { delivery: sent?, dead_letter },
+            };
+            pending.push(pending_event);
         }
         Ok(pending)
+    }
+
+    /// An event larger than Kafka takes can never be published: retrying would stall the
+    /// pipeline for good. It is a bad record: its key and the reason go to the dead-letter
+    /// topic without the document (which would not fit there either), or it stops the
+    /// pipeline.
+    async fn too_large(&self, record: &Record, bytes: usize) -> Result<Pending, PublishError> {
+        if self.on_bad_record == OnBadRecord::Fail {
+            return Err(PublishError::TooLarge { key: record.key.clone(), bytes });
+        }
+        let reason = format!("the event value is {bytes} bytes, more than the producer's message.max.bytes; the document is left out");
+        tracing::warn!(pipeline = %self.format.pipeline, key = %record.key, bytes, "an event is too large for Kafka; it goes to the dead-letter topic without its document");
+        let delivery = self.send(&self.dead_letter_topic, self.format.dead_letter(record, &reason, b"")).await?;
+        Ok(Pending { delivery, dead_letter: true })
     }
 
     async fn send(&self, topic: &str, event: Event<'_>) -> Result<DeliveryFuture, PublishError> {
