@@ -165,7 +165,7 @@ async fn a_foreign_sales_orders_table_defaults_to_row_documents() {
     p.source_extra = "table = \"erp.sales_orders\"\nupdated_at_column = \"modified_at\"";
     let setup = Setup::new(&p);
     setup.run_once();
-    let rows = client.query("SELECT id::text, row_to_json(t)::text FROM erp.sales_orders t", &[]).await.unwrap();
+    let rows = client.query("SELECT id::text, to_jsonb(t)::text FROM erp.sales_orders t", &[]).await.unwrap();
     let latest = latest_by_key(&read_topic(&topic));
     assert_eq!(latest.len(), rows.len());
     for row in &rows {

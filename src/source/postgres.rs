@@ -215,7 +215,7 @@ impl PostgresSource {
                     tracing::warn!(
                         pipeline = %self.pipeline,
                         reason = %store::describe(&e),
-                        "table {} is not the reference schema of `order-cdc migrate`: documents are row_to_json(t) (set source.document to choose)",
+                        "table {} is not the reference schema of `order-cdc migrate`: documents are to_jsonb(t), the whole row (set source.document to choose)",
                         self.cfg.table
                     );
                 }
@@ -278,7 +278,7 @@ impl PostgresSource {
         let export = self.document_is_export(client, &table_sql, &schema, announce).await?;
         let document = match self.cfg.document.as_deref() {
             _ if export => document::export_document(&schema),
-            Some("row") | None => "row_to_json(t)".to_string(),
+            Some("row") | None => "to_jsonb(t)".to_string(),
             Some(expr) => expr.to_string(),
         };
         let deleted = match (&self.cfg.deleted, export) {
