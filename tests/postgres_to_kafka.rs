@@ -221,6 +221,28 @@ async fn an_event_too_large_for_kafka_is_dead_lettered_or_stops_the_pipeline() {
     db.drop_db().await;
 }
 
+/// Orders written by hand with only the columns DESIGN.md names (or none at all) are
+/// valid rows of the reference schema, and are exported.
+#[tokio::test(flavor = "multi_thread")]
+async fn orders_inserted_with_the_fewest_columns_are_exported() {
+    let (db, client) = TestDb::migrated().await;
+    client
+        .batch_execute(
+            "INSERT INTO sales_orders (id, status, order_status) VALUES (7, 'Active', 'pending');
+             INSERT INTO sales_orders DEFAULT VALUES;",
+        )
+        .await
+        .unwrap();
+    let topic = unique("fewest");
+    Setup::new(&Pipeline::new(&db.url, &topic)).run_once();
+    let latest = latest_by_key(&read_topic(&topic));
+    assert_eq!(latest.len(), 2);
+    let doc: serde_json::Value = serde_json::from_str(latest["7"].text()).unwrap();
+    assert_eq!(doc["order_number"], "SO-7", "a default order number");
+    assert_eq!(doc["order_status"], "pending");
+    db.drop_db().await;
+}
+
 fn count_dead(topic: &str, rows: &[tokio_postgres::Row]) -> usize {
     let dead = read_topic(topic);
     let expected: HashSet<String> = rows

@@ -11,7 +11,7 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// Appended to, never edited: a deployed database has run the earlier entries.
-const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "reference schema", V1)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[(1, "reference schema", V1), (2, "default order numbers", V2)];
 
 const V1: &str = r#"
 CREATE TABLE companies (
@@ -157,6 +157,21 @@ CREATE TRIGGER fulfillment_orders_touch_order AFTER INSERT OR UPDATE OR DELETE O
     FOR EACH ROW EXECUTE FUNCTION order_cdc_touch_order();
 CREATE TRIGGER sales_order_tags_touch_order AFTER INSERT OR UPDATE OR DELETE ON sales_order_tags
     FOR EACH ROW EXECUTE FUNCTION order_cdc_touch_order();
+"#;
+
+/// An order written by hand or by another tool (`INSERT INTO sales_orders (status, …)`)
+/// need not invent an order number: it gets `SO-<id>`.
+const V2: &str = r#"
+CREATE FUNCTION order_cdc_default_order_number() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    IF NEW.order_number IS NULL THEN
+        NEW.order_number := 'SO-' || NEW.id;
+    END IF;
+    RETURN NEW;
+END $$;
+
+CREATE TRIGGER sales_orders_default_order_number BEFORE INSERT ON sales_orders
+    FOR EACH ROW EXECUTE FUNCTION order_cdc_default_order_number();
 "#;
 
 /// Applies every migration the database has not run yet; returns the ones applied.
