@@ -13,6 +13,16 @@ pub fn format(t: DateTime<Utc>) -> String {
 /// A time without an offset is UTC. Precision is cut to microseconds.
 pub fn parse(input: &str) -> Result<DateTime<Utc>, String> {
     let s = input.trim();
+    // `?since=2024-01-01T00:00:00+02:00` sent without encoding the `+` arrives with a
+    // space for it (form encoding); a space after the time can only have been a `+`.
+    let restored;
+    let s = match s.rfind(' ') {
+        Some(i) if i > 10 && s[i + 1..].bytes().all(|b| b.is_ascii_digit() || b == b':') => {
+            restored = format!("{}+{}", &s[..i], &s[i + 1..]);
+            restored.as_str()
+        }
+        _ => s,
+    };
     let parsed = DateTime::parse_from_rfc3339(s)
         .map(|t| t.with_timezone(&Utc))
         .or_else(|_| {
@@ -53,6 +63,8 @@ mod tests {
         assert_eq!(parse("2024-01-01 00:00:00+00").unwrap(), midnight);
         assert_eq!(parse("2024-01-01T05:30:00+0530").unwrap(), midnight);
         assert_eq!(parse("2024-01-01 01:00:00.000+01").unwrap(), midnight);
+        assert_eq!(parse("2024-01-01T02:00:00 02:00").unwrap(), midnight, "a + lost to form encoding");
+        assert_eq!(parse("2024-01-01 02:00:00 02:00").unwrap(), midnight);
         assert_eq!(format(parse("2024-01-01T00:00:00.1234567Z").unwrap()), "2024-01-01T00:00:00.123456Z");
     }
 
