@@ -5,7 +5,8 @@
 //! - `has_more` is true whenever a page is full, so a run can end with an empty page;
 //! - its cursors expire: some are refused with 422 (not 400) and a plain-text reason;
 //! - it refuses `limit` next to `cursor` (the seed's continuation sends the cursor alone)
-//!   and answers an unknown query with 422.
+//!   and answers an unknown query with 422;
+//! - it compresses its pages with gzip when the client accepts it.
 //!
 //! The daemon must deliver every order, byte-equal, and start the next run at the
 //! verbatim `meta.cutoff`.
@@ -39,6 +40,7 @@ struct Orders {
     expire: HashSet<u64>,
     refused: u64,
     limit_with_cursor: u64,
+    gzipped: u64,
 }
 
 impl Orders {
@@ -125,7 +127,14 @@ async fn export(State(orders): State<Shared>, headers: HeaderMap, Query(q): Quer
         count,
         stamp(cutoff)
     );
-    ([("content-type", "application/json")], body).into_response()
+    let accepts_gzip = headers.get("accept-encoding").and_then(|v| v.to_str().ok()).is_some_and(|v| v.contains("gzip"));
+    if !accepts_gzip {
+        return ([("content-type", "application/json")], body).into_response();
+    }
+    o.gzipped += 1;
+    let mut encoder = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut encoder, body.as_bytes()).unwrap();
+    ([("content-type", "application/json"), ("content-encoding", "gzip")], encoder.finish().unwrap()).into_response()
 }
 
 async fn start(orders: Shared) -> String {
@@ -176,6 +185,7 @@ async fn second_precision_empty_last_pages_and_expiring_cursors_lose_nothing() {
         let o = orders.lock().unwrap();
         assert_eq!(o.limit_with_cursor, 0, "a continuation sends the cursor alone");
         assert_eq!(o.refused, 2, "both expiring cursors were met and refused");
+        assert!(o.gzipped > 30, "the daemon accepts gzip, so pages travel compressed");
     }
     let cp = setup.checkpoint().unwrap();
     assert_eq!(cp["position"]["since"], "2024-01-15T01:00:00Z", "the next run starts at meta.cutoff, verbatim");
