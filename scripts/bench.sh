@@ -4,12 +4,13 @@
 #     and the raw rdkafka producer, in the same run;
 #   cargo bench --bench serve: the export endpoint next to its raw page queries.
 #   BENCH_ORDERS=200000 scripts/bench.sh
+#   BENCH_SSLMODE=require scripts/bench.sh   (loopback without TLS by default; see README)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ORDERS=${BENCH_ORDERS:-200000}
 DB=order_cdc_bench
 ADMIN="postgres://postgres:postgres@127.0.0.1:5432/postgres"
-URL="postgres://postgres:postgres@127.0.0.1:5432/$DB"
+URL="postgres://postgres:postgres@127.0.0.1:5432/$DB?sslmode=${BENCH_SSLMODE:-disable}"
 
 scripts/stack.sh up >/dev/null
 cargo build --release --locked
