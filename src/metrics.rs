@@ -25,6 +25,7 @@ pub struct Metrics {
     events: IntCounterVec,
     batches: IntCounterVec,
     source_requests: IntCounterVec,
+    source_retries: IntCounterVec,
     source_latency: HistogramVec,
     delivery_latency: HistogramVec,
     run_duration: HistogramVec,
@@ -108,6 +109,7 @@ impl Metrics {
             events: counter(r, "order_cdc_events_total", "Events by outcome: delivered, dead_lettered, failed.", &["pipeline", "outcome"]),
             batches: counter(r, "order_cdc_batches_total", "Batches whose every event was acknowledged and whose position was committed.", &["pipeline"]),
             source_requests: counter(r, "order_cdc_source_requests_total", "Source requests (queries or HTTP calls) by status.", &["pipeline", "status"]),
+            source_retries: counter(r, "order_cdc_source_retries_total", "Source requests retried, by what failed: the HTTP status, connection, malformed_page or database.", &["pipeline", "reason"]),
             source_latency: histogram(r, "order_cdc_source_request_duration_seconds", "Latency of one source request (one page).", &["pipeline"]),
             delivery_latency: histogram(r, "order_cdc_delivery_duration_seconds", "From sending a batch to its last acknowledgement.", &["pipeline"]),
             run_duration: histogram(r, "order_cdc_run_duration_seconds", "From the start of a run to its last page sent.", &["pipeline"]),
@@ -179,6 +181,10 @@ pub struct PipelineMetrics {
 impl PipelineMetrics {
     pub fn source_request(&self, status: &str) {
         self.families.source_requests.with_label_values(&[&self.name, status]).inc();
+    }
+
+    pub fn source_retry(&self, reason: &str) {
+        self.families.source_retries.with_label_values(&[&self.name, reason]).inc();
     }
 
     pub fn error(&self, kind: &str) {

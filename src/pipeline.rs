@@ -176,6 +176,7 @@ async fn feed<S: Source>(
                 Ok(batch) => { backoff.reset(); batch }
                 Err(e) if e.is_retriable() => {
                     metrics.error("source");
+                    metrics.source_retry(&e.retry_reason());
                     let delay = e.retry_after().unwrap_or_else(|| backoff.next_delay());
                     tracing::warn!(error = %e, retry_in = ?delay, "source request failed; retrying");
                     tokio::select! {

@@ -136,13 +136,32 @@ async fn every_fault_ends_with_nothing_missing() {
     let topic = unique("faults");
     let mut p = Pipeline::export_api(&topic, &proxy.base, TOKEN, "limit = 500\nrequest_timeout = \"1s\"");
     p.batch_size = 500;
+    p.metrics_port = free_port();
     let setup = Setup::new(&p);
-    let mut daemon = setup.spawn(&["run", "--once"]);
+    // The daemon keeps running, so its metrics can be read once a run has completed.
+    let mut daemon = setup.spawn(&["run"]);
     block_in_place(|| wait_until("every fault injected", Duration::from_secs(120), || proxy.pending_faults() == 0));
     // Mid-run, the API's key rotates: the next cursor is refused; the run restarts from since.
     block_in_place(|| wait_until("a run in progress", Duration::from_secs(60), || setup.checkpoint().is_some_and(|c| !c["position"]["cursor"].is_null())));
     proxy.set_upstream(&rotated.base);
-    let status = block_in_place(|| wait_for_exit(&mut daemon, Duration::from_secs(180), "the run did not finish", || setup.log()));
+    block_in_place(|| {
+        wait_until("a completed run", Duration::from_secs(180), || {
+            setup.checkpoint().is_some_and(|c| c["position"]["cursor"].is_null() && !c["position"]["since"].as_str().unwrap_or("").starts_with("1970"))
+        })
+    });
+    // Every retry is counted, by what failed.
+    let (_, metrics) = http_get(p.metrics_port, "/metrics").expect("metrics");
+    let retries = |reason: &str| -> u64 {
+        let prefix = format!("order_cdc_source_retries_total{{pipeline=\"p\",reason=\"{reason}\"}} ");
+        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0, |v| v.parse().unwrap())
+    };
+    assert_eq!(retries("429"), 2, "{metrics}");
+    assert!(retries("500") >= 1 && retries("502") >= 1, "{metrics}");
+    assert!(retries("connection") >= 3, "two resets and a timeout: {metrics}");
+    assert!(retries("malformed_page") >= 2, "two truncated pages: {metrics}");
+    assert!(retries("400") >= 1, "the refused cursor: {metrics}");
+    std::process::Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
+    let status = block_in_place(|| wait_for_exit(&mut daemon, Duration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     let stderr = setup.log();
     assert!(status.success(), "{stderr}");
     assert!(stderr.contains("refused the cursor"), "the refused cursor is logged: {stderr}");

@@ -76,6 +76,19 @@ impl SourceError {
         }
     }
 
+    /// The `reason` label of a retry: the HTTP status that failed, or what else did.
+    pub fn retry_reason(&self) -> String {
+        match self {
+            // A 200 that fails is its body: cut short or not the page JSON.
+            Self::Http { status: Some(200), .. } => "malformed_page".into(),
+            Self::Http { status: Some(status), .. } => status.to_string(),
+            Self::Http { status: None, .. } | Self::Connect { .. } => "connection".into(),
+            Self::Query(..) => "database".into(),
+            Self::Unauthorized(_) => "unauthorized".into(),
+            Self::Setup(_) | Self::Position(_) => "setup".into(),
+        }
+    }
+
     /// How long the source asked us to wait (HTTP 429 `Retry-After`).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
@@ -151,4 +164,19 @@ pub fn position_since(cfg: &SourceConfig, since: DateTime<Utc>) -> serde_json::V
         SourceConfig::ExportApi(_) => serde_json::to_value(export_api::Position::at(since)),
     }
     .expect("a position serialises")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_are_labelled_by_what_failed() {
+        let http = |status| SourceError::Http { status, message: String::new(), retriable: true, retry_after: None };
+        assert_eq!(http(Some(429)).retry_reason(), "429");
+        assert_eq!(http(Some(502)).retry_reason(), "502");
+        assert_eq!(http(Some(200)).retry_reason(), "malformed_page");
+        assert_eq!(http(None).retry_reason(), "connection");
+        assert_eq!(SourceError::Query("x".into(), true).retry_reason(), "database");
+    }
 }
