@@ -21,6 +21,7 @@ use serde_json::value::RawValue;
 use super::{Batch, Record, RecordBody, Source, SourceError};
 use crate::config::ExportApiSourceConfig;
 use crate::metrics::PipelineMetrics;
+use crate::secret::Secret;
 use crate::timestamp;
 
 /// The position of an export API pipeline. Times are kept as the API wrote them: the
@@ -137,10 +138,87 @@ impl<'de> Visitor<'de> for HeadFields<'_> {
 pub struct ExportApiSource {
     cfg: ExportApiSourceConfig,
     endpoint: String,
-    http: reqwest::Client,
+    client: Client,
     read: Position,
     fresh_run: bool,
     metrics: PipelineMetrics,
+    /// The next page's request, started as soon as its cursor was known.
+    prefetch: Option<Prefetch>,
+}
+
+/// What one request needs; cheap to clone into a prefetching task.
+#[derive(Clone)]
+struct Client {
+    http: reqwest::Client,
+    token: Secret,
+    max_response_bytes: usize,
+    metrics: PipelineMetrics,
+}
+
+/// A reply read whole: the status, its headers, and the body up to the size cap.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Vec<u8>, SourceError>,
+}
+
+impl Client {
+    async fn get(self, url: url::Url) -> Result<Reply, SourceError> {
+        let begun = Instant::now();
+        let sent = self.http.get(url).bearer_auth(self.token.expose()).send().await;
+        let reply = match sent {
+            Ok(response) => {
+                self.metrics.source_request(response.status().as_str());
+                let (status, headers) = (response.status(), response.headers().clone());
+                Ok(Reply { status, headers, body: self.body(response).await })
+            }
+            Err(e) => {
+                self.metrics.source_request(if e.is_timeout() { "timeout" } else { "connection_error" });
+                Err(http_error(None, without_url(&e), true))
+            }
+        };
+        self.metrics.source_latency.observe(begun.elapsed().as_secs_f64());
+        reply
+    }
+
+    /// Reads the body up to the configured cap.
+    async fn body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, SourceError> {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_response_bytes {
+                        return Err(http_error(
+                            Some(200),
+                            format!("the page is larger than max_response_bytes ({}); lower source.limit", self.max_response_bytes),
+                            false,
+                        ));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => return Err(http_error(Some(200), format!("reading the page: {}", without_url(&e)), true)),
+            }
+        }
+    }
+}
+
+/// The request for the next page, running while the current page is published: the
+/// cursor chain is sequential, but the API's work on page n+1 need not wait for ours on
+/// page n. Dropped (and aborted) when the source is rewound or the run restarts.
+struct Prefetch {
+    url: url::Url,
+    task: tokio::task::JoinHandle<Result<Reply, SourceError>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn http_error(status: Option<u16>, message: String, retriable: bool) -> SourceError {
+    SourceError::Http { status, message, retriable, retry_after: None }
 }
 
 impl ExportApiSource {
@@ -152,89 +230,64 @@ impl ExportApiSource {
             .build()
             .map_err(|e| SourceError::Setup(format!("HTTP client: {e}")))?;
         let endpoint = identity(&cfg);
-        url::Url::parse(&endpoint).map_err(|e| SourceError::Setup(format!("source.base_url {:?} is not a URL: {e}", cfg.base_url)))?;
-        Ok(Self { cfg, endpoint, http, read: Position::at(timestamp::epoch()), fresh_run: false, metrics })
+        // Not the URL itself in the message: it may hold credentials.
+        url::Url::parse(&endpoint).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
+        let client = Client { http, token: cfg.token.clone(), max_response_bytes: cfg.max_response_bytes, metrics: metrics.clone() };
+        Ok(Self { cfg, endpoint, client, read: Position::at(timestamp::epoch()), fresh_run: false, metrics, prefetch: None })
     }
 
-    fn http_error(&self, status: Option<u16>, message: String, retriable: bool) -> SourceError {
-        SourceError::Http { status, message, retriable, retry_after: None }
-    }
-
-    /// Reads the body up to the configured cap.
-    async fn body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, SourceError> {
-        let mut body = Vec::new();
-        loop {
-            match response.chunk().await {
-                Ok(Some(chunk)) => {
-                    if body.len() + chunk.len() > self.cfg.max_response_bytes {
-                        return Err(self.http_error(
-                            Some(200),
-                            format!("the page is larger than max_response_bytes ({}); lower source.limit", self.cfg.max_response_bytes),
-                            false,
-                        ));
-                    }
-                    body.extend_from_slice(&chunk);
-                }
-                Ok(None) => return Ok(body),
-                Err(e) => return Err(self.http_error(Some(200), format!("reading the page: {}", without_url(&e)), true)),
-            }
-        }
+    /// The request for the read position. As seed 000 shows it: a run starts with `since`
+    /// and `limit`; a continuation sends the cursor alone (it carries the run's window and
+    /// page size).
+    fn page_url(&self) -> url::Url {
+        let mut url = url::Url::parse(&self.endpoint).expect("checked at open");
+        match &self.read.cursor {
+            Some(cursor) => url.query_pairs_mut().append_pair("cursor", cursor),
+            None => url.query_pairs_mut().append_pair("since", &self.read.since).append_pair("limit", &self.cfg.limit.to_string()),
+        };
+        url
     }
 
     async fn fetch(&mut self) -> Result<Batch, SourceError> {
         let continuing = self.read.cursor.clone();
-        let mut url = url::Url::parse(&self.endpoint).expect("checked at open");
-        {
-            let mut query = url.query_pairs_mut();
-            // As seed 000 shows it: a run starts with `since` and `limit`; a continuation
-            // sends the cursor alone (it carries the run's window and page size).
-            match &continuing {
-                Some(cursor) => query.append_pair("cursor", cursor),
-                None => query.append_pair("since", &self.read.since).append_pair("limit", &self.cfg.limit.to_string()),
-            };
-        }
-        let begun = Instant::now();
-        let sent = self.http.get(url).bearer_auth(self.cfg.token.expose()).send().await;
-        self.metrics.source_latency.observe(begun.elapsed().as_secs_f64());
-        let response = match sent {
-            Ok(r) => r,
-            Err(e) => {
-                self.metrics.source_request(if e.is_timeout() { "timeout" } else { "connection_error" });
-                return Err(self.http_error(None, without_url(&e), true));
-            }
-        };
-        let status = response.status();
-        self.metrics.source_request(status.as_str());
+        let url = self.page_url();
+        let reply = match self.prefetch.take() {
+            Some(mut prefetch) if prefetch.url == url => match (&mut prefetch.task).await {
+                Ok(reply) => reply,
+                Err(e) => return Err(http_error(None, format!("the prefetched request failed: {e}"), true)),
+            },
+            _ => self.client.clone().get(url).await,
+        }?;
+        let Reply { status, headers, body } = reply;
         match status {
             StatusCode::OK => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(SourceError::Unauthorized(format!("{} refused the token ({status})", self.endpoint)));
             }
             StatusCode::TOO_MANY_REQUESTS => {
-                let retry_after = retry_after(response.headers(), Utc::now());
+                let retry_after = retry_after(&headers, Utc::now());
                 return Err(SourceError::Http { status: Some(429), message: "rate limited (429)".into(), retriable: true, retry_after });
             }
             s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
-                return Err(self.http_error(Some(s.as_u16()), format!("the API answered {s}"), true))
+                return Err(http_error(Some(s.as_u16()), format!("the API answered {s}"), true))
             }
             s if continuing.is_some() && s.is_client_error() => {
                 // The cursor was refused (expired, signed by a key that rotated away...):
                 // start the run again from its since. Duplicates, never loss.
-                let detail = self.body(response).await.map(|b| excerpt(&b)).unwrap_or_default();
+                let detail = body.map(|b| excerpt(&b)).unwrap_or_default();
                 self.metrics.error("cursor_refused");
                 tracing::warn!(status = s.as_u16(), detail = %detail, since = %self.read.since, "the API refused the cursor; restarting the run from its since");
                 self.read.cursor = None;
                 self.read.cutoff = None;
-                return Err(self.http_error(Some(s.as_u16()), format!("cursor refused ({s}): {detail}"), true));
+                return Err(http_error(Some(s.as_u16()), format!("cursor refused ({s}): {detail}"), true));
             }
             s => {
-                let detail = self.body(response).await.map(|b| excerpt(&b)).unwrap_or_default();
-                return Err(self.http_error(Some(s.as_u16()), format!("the API refused since={} ({s}): {detail}", self.read.since), false));
+                let detail = body.map(|b| excerpt(&b)).unwrap_or_default();
+                return Err(http_error(Some(s.as_u16()), format!("the API refused since={} ({s}): {detail}", self.read.since), false));
             }
         }
-        let body = self.body(response).await?;
-        let page: Page = serde_json::from_slice(&body)
-            .map_err(|e| self.http_error(Some(200), format!("malformed page ({e}); retrying it"), true))?;
+        let body = body?;
+        let page: Page = serde_json::from_slice(&body).map_err(|e| http_error(Some(200), format!("malformed page ({e}); retrying it"), true))?;
         let ends_run = page.ends_run();
         let data = page.data.unwrap_or_default();
         let cutoff = match (&continuing, page.meta.and_then(|m| m.cutoff)) {
@@ -243,7 +296,7 @@ impl ExportApiSource {
             // Nothing changed and no cutoff given: the next run starts where this one did.
             (None, None) if ends_run && data.is_empty() => self.read.since.clone(),
             // Without it there is no safe next since; guessing one could lose changes.
-            (None, None) => return Err(self.http_error(Some(200), "the first page of a run has no meta.cutoff, so the next run cannot start safely".into(), false)),
+            (None, None) => return Err(http_error(Some(200), "the first page of a run has no meta.cutoff, so the next run cannot start safely".into(), false)),
         };
         if continuing.is_none() {
             self.fresh_run = true;
@@ -260,6 +313,10 @@ impl ExportApiSource {
         } else {
             Position { v: Position::VERSION, since: self.read.since.clone(), cutoff: Some(cutoff), cursor: page.next_cursor }
         };
+        if !ends_run {
+            let url = self.page_url();
+            self.prefetch = Some(Prefetch { url: url.clone(), task: tokio::spawn(self.client.clone().get(url)) });
+        }
         Ok(Batch {
             records,
             position: serde_json::to_value(&self.read).expect("a position serialises"),
@@ -346,6 +403,7 @@ impl Source for ExportApiSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         self.read = super::read_position(position, || Position::at(since), "an export API", Position::VERSION, |p| p.v)?;
         self.fresh_run = false;
+        self.prefetch = None;
         Ok(())
     }
 
