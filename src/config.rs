@@ -70,8 +70,11 @@ pub struct MetricsConfig {
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     pub store: CheckpointStoreKind,
-    /// The file store's directory: one `<pipeline>.json` each.
+    /// The file store's directory: one `<pipeline>.json` each (`at_least_once`).
     pub dir: PathBuf,
+    /// The compacted topic where `exactly_once` pipelines commit their checkpoints, in
+    /// the transaction of each batch.
+    pub topic: String,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -193,6 +196,9 @@ pub struct PipelineConfig {
     /// credentials, plus the table).
     #[serde(default)]
     pub event_source: Option<String>,
+    /// `exactly_once`: the producer's `transactional.id`; default `order-cdc.<pipeline>`.
+    #[serde(default)]
+    pub transactional_id: Option<String>,
     pub source: SourceConfig,
 }
 
@@ -400,8 +406,14 @@ impl Config {
         if self.kafka.brokers.trim().is_empty() {
             return Err(invalid("kafka.brokers", "must name at least one broker"));
         }
+        if self.checkpoint.topic.trim().is_empty() {
+            return Err(invalid("checkpoint.topic", "must not be empty"));
+        }
         for (name, p) in &self.pipelines {
             let key = |k: &str| format!("pipelines.{name}.{k}");
+            if p.transactional_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
+                return Err(invalid(key("transactional_id"), "must not be empty"));
+            }
             if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_') {
                 return Err(invalid(format!("pipelines.{name}"), "a pipeline name is letters, digits, '-' and '_'"));
             }
@@ -416,9 +428,6 @@ impl Config {
             }
             if p.partitions < 1 {
                 return Err(invalid(key("partitions"), "must be at least 1"));
-            }
-            if p.delivery == Delivery::ExactlyOnce {
-                return Err(invalid(key("delivery"), "exactly_once is not implemented yet; use at_least_once"));
             }
             if let Some(since) = &p.initial_since {
                 crate::timestamp::parse(since).map_err(|e| invalid(key("initial_since"), e))?;
@@ -507,6 +516,12 @@ impl Config {
 impl PipelineConfig {
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic))
+    }
+
+    /// The producer's `transactional.id` under `exactly_once`: stable across restarts,
+    /// so a restarted pipeline fences its earlier self.
+    pub fn transactional_id(&self, name: &str) -> String {
+        self.transactional_id.clone().unwrap_or_else(|| format!("order-cdc.{name}"))
     }
 }
 

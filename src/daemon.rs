@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use crate::checkpoint::FileStore;
-use crate::config::{Config, PipelineConfig, SourceConfig};
+use crate::checkpoint::{self, Store};
+use crate::config::{Config, Delivery, PipelineConfig, SourceConfig};
 use crate::event::EventFormat;
 use crate::metrics::{self, Metrics, PipelineState};
 use crate::pipeline::{Pipeline, PipelineError, Settings};
@@ -34,14 +34,13 @@ pub async fn run(config: Config, names: &[String], once: bool) -> Result<(), Run
     let server = metrics::serve(metrics.clone(), config.metrics.listen, shutdown.clone())
         .await
         .map_err(|source| RunError::Metrics { address: config.metrics.listen.to_string(), source })?;
-    let store = FileStore::new(&config.checkpoint.dir);
 
     let mut tasks = Vec::new();
     for (name, pipeline) in &selected {
         metrics.health().set(name, PipelineState::Starting);
         // Start-up problems (unreachable database or broker, missing table) stop the
         // process here, before anything is published.
-        let task = build(&config, name, pipeline, store.clone(), &metrics)
+        let task = build(&config, name, pipeline, &metrics)
             .await
             .map_err(|source| RunError::Pipeline { pipeline: name.to_string(), source })?;
         let shutdown = shutdown.clone();
@@ -104,7 +103,6 @@ async fn build(
     config: &Config,
     name: &str,
     p: &PipelineConfig,
-    store: FileStore,
     metrics: &Arc<Metrics>,
 ) -> Result<Pipeline<ConfiguredSource>, PipelineError> {
     let identity = source::identity(&p.source);
@@ -116,8 +114,7 @@ async fn build(
         }
         SourceConfig::ExportApi(cfg) => ConfiguredSource::ExportApi(ExportApiSource::open(cfg.clone(), pipeline_metrics.clone())?),
     };
-    // A checkpoint of another source is refused before anything is published.
-    crate::checkpoint::load_for(&store, name, &identity)?;
+    let store = checkpoint::store_for(config, p);
     let spec = PublisherSpec {
         kafka: config.kafka.clone(),
         format: EventFormat { envelope: p.envelope, source: p.event_source.clone().unwrap_or_else(|| identity.clone()), pipeline: name.to_string() },
@@ -126,8 +123,16 @@ async fn build(
         partitions: p.partitions,
         replication_factor: p.replication_factor,
         on_bad_record: p.on_bad_record,
+        transactional_id: (p.delivery == Delivery::ExactlyOnce).then(|| p.transactional_id(name)),
     };
+    if let Store::Kafka(kafka_store) = &store {
+        kafka_store.ensure_topic(p.replication_factor).await?;
+    }
+    // A transactional producer must be initialised (aborting what an earlier run left
+    // open) before the Kafka store can be read.
     let publisher = Publisher::connect(&spec).await?;
+    // A checkpoint of another source is refused before anything is published.
+    checkpoint::load_for(&store, name, &identity).await?;
     Ok(Pipeline {
         name: name.to_string(),
         source,

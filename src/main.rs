@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use order_cdc::checkpoint::{self, Checkpoint, FileStore};
+use order_cdc::checkpoint::{self, Checkpoint};
 use order_cdc::config::Config;
 use order_cdc::metrics::Metrics;
 use order_cdc::{daemon, logging, server, source, store, timestamp};
@@ -71,6 +71,14 @@ enum CheckpointAction {
     },
 }
 
+impl CheckpointAction {
+    fn pipeline(&self) -> &str {
+        match self {
+            Self::Show { pipeline } | Self::Set { pipeline, .. } | Self::Reset { pipeline } => pipeline,
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let config = match Config::load(cli.config.as_deref()) {
@@ -124,31 +132,28 @@ async fn dispatch(command: Command, config: Config) -> Result<(), Box<dyn std::e
             println!("loaded {n} orders with {items_per_order} items each");
         }
         Command::Checkpoint { action } => {
-            let store = FileStore::new(&config.checkpoint.dir);
+            let pipeline = action.pipeline().to_string();
+            let (_, p) = config.select_pipelines(std::slice::from_ref(&pipeline))?[0];
+            let store = checkpoint::store_for(&config, p);
             match action {
-                CheckpointAction::Show { pipeline } => {
-                    let (_, p) = config.select_pipelines(std::slice::from_ref(&pipeline))?[0];
-                    match store.load(&pipeline)? {
-                        None => println!("pipeline {pipeline} has no checkpoint: its next run starts at initial_since"),
-                        Some(cp) => {
-                            println!("{}", serde_json::to_string_pretty(&cp)?);
-                            if cp.fingerprint != checkpoint::fingerprint(&source::identity(&p.source)) {
-                                eprintln!("warning: this checkpoint belongs to another source than the configured one; `run` will refuse it");
-                            }
+                CheckpointAction::Show { .. } => match store.load(&pipeline).await? {
+                    None => println!("pipeline {pipeline} has no checkpoint: its next run starts at initial_since"),
+                    Some(cp) => {
+                        println!("{}", serde_json::to_string_pretty(&cp)?);
+                        if cp.fingerprint != checkpoint::fingerprint(&source::identity(&p.source)) {
+                            eprintln!("warning: this checkpoint belongs to another source than the configured one; `run` will refuse it");
                         }
                     }
-                }
-                CheckpointAction::Set { pipeline, since } => {
-                    let (_, p) = config.select_pipelines(std::slice::from_ref(&pipeline))?[0];
+                },
+                CheckpointAction::Set { since, .. } => {
                     let since = timestamp::parse(&since).map_err(|e| format!("--since: {e}"))?;
                     let identity = source::identity(&p.source);
                     let cp = Checkpoint::new(&pipeline, &identity, source::position_since(&p.source, since));
-                    store.commit(&cp)?;
+                    store.write(&cp, p.replication_factor).await?;
                     println!("pipeline {pipeline} will start at {}", timestamp::format(since));
                 }
-                CheckpointAction::Reset { pipeline } => {
-                    config.select_pipelines(std::slice::from_ref(&pipeline))?;
-                    if store.reset(&pipeline)? {
+                CheckpointAction::Reset { .. } => {
+                    if store.reset(&pipeline).await? {
                         println!("pipeline {pipeline}: checkpoint deleted");
                     } else {
                         println!("pipeline {pipeline} had no checkpoint");

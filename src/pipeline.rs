@@ -6,6 +6,12 @@
 //! A failed delivery stops committing at once: the attempt ends, the producer is rebuilt
 //! (a fatal error, or a failure that may come from a stale view of the cluster), and the
 //! pipeline resumes from the last committed position (duplicates, never loss).
+//!
+//! `exactly_once` pipelines publish each batch in a Kafka transaction together with its
+//! checkpoint (a record of the Kafka checkpoint store): both are committed or neither.
+//! Any failure drops the producer; the new one's `init_transactions` aborts what was
+//! open, and the pipeline resumes from the checkpoint committed with the last batch, so
+//! `read_committed` consumers see every change once.
 
 use std::time::{Duration, Instant};
 
@@ -13,7 +19,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
-use crate::checkpoint::{self, Checkpoint, CheckpointError, FileStore};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, FileStore, KafkaStore, Store};
 use crate::config::OnBadRecord;
 use crate::metrics::{PipelineMetrics, PipelineState};
 use crate::shutdown::Shutdown;
@@ -37,7 +43,8 @@ impl PipelineError {
         match self {
             Self::Source(e) => e.is_retriable(),
             Self::Publish(e) => e.is_retriable(),
-            Self::Checkpoint(_) | Self::BadRecord { .. } => false,
+            Self::Checkpoint(e) => e.is_retriable(),
+            Self::BadRecord { .. } => false,
         }
     }
 
@@ -68,7 +75,8 @@ pub struct Pipeline<S: Source> {
     pub source_identity: String,
     pub publisher: Publisher,
     pub publisher_spec: PublisherSpec,
-    pub store: FileStore,
+    /// A file for `at_least_once`, the Kafka topic for `exactly_once`.
+    pub store: Store,
     pub settings: Settings,
     pub metrics: PipelineMetrics,
 }
@@ -88,8 +96,6 @@ impl<S: Source> Pipeline<S> {
         let mut backoff = Backoff::default();
         self.metrics.set_state(PipelineState::Running);
         loop {
-            let checkpoint = checkpoint::load_for(&self.store, &self.name, &self.source_identity)?;
-            self.source.restore(checkpoint.as_ref().map(|c| &c.position), self.settings.initial_since)?;
             let result = self.attempt(once, shutdown.clone()).await;
             let error = match result {
                 Ok(()) => return Ok(()),
@@ -133,93 +139,173 @@ impl<S: Source> Pipeline<S> {
         }
     }
 
-    /// One attempt: feed batches to Kafka and commit them in order until something fails.
+    /// One attempt: from the last committed checkpoint, publish and commit batches until
+    /// something fails.
     async fn attempt(&mut self, once: bool, shutdown: Shutdown) -> Result<(), PipelineError> {
-        let (tx, rx) = mpsc::channel::<InFlight>(self.settings.max_in_flight_batches);
-        let feed = feed(&mut self.source, &self.publisher, &self.settings, &self.metrics, tx, once, shutdown);
-        let commit = commit(&self.store, &self.name, &self.source_identity, &self.metrics, rx);
-        tokio::pin!(feed, commit);
-        tokio::select! {
-            fed = &mut feed => {
-                // The feed is done (its sender dropped): commit what is in flight, then
-                // report the first problem.
-                let committed = commit.await;
-                committed.and(fed)
+        let checkpoint = checkpoint::load_for(&self.store, &self.name, &self.source_identity).await?;
+        self.source.restore(checkpoint.as_ref().map(|c| &c.position), self.settings.initial_since)?;
+        let runs = Runs::new(&self.settings, &self.metrics, once, shutdown);
+        match &self.store {
+            Store::File(file) => {
+                let (tx, rx) = mpsc::channel::<InFlight>(self.settings.max_in_flight_batches);
+                let feed = feed(&mut self.source, &self.publisher, &self.metrics, tx, runs);
+                let commit = commit(file, &self.name, &self.source_identity, &self.metrics, rx);
+                tokio::pin!(feed, commit);
+                tokio::select! {
+                    fed = &mut feed => {
+                        // The feed is done (its sender dropped): commit what is in flight,
+                        // then report the first problem.
+                        let committed = commit.await;
+                        committed.and(fed)
+                    }
+                    committed = &mut commit => {
+                        // The committer only stops early on a failed delivery or commit;
+                        // the feed is dropped with it, so nothing past the failure is
+                        // fetched.
+                        committed?;
+                        feed.await
+                    }
+                }
             }
-            committed = &mut commit => {
-                // The committer only stops early on a failed delivery or commit; the feed
-                // is dropped with it, so nothing past the failure is fetched.
-                committed?;
-                feed.await
-            }
+            Store::Kafka(store) => transact(&mut self.source, &self.publisher, store, &self.name, &self.source_identity, &self.metrics, runs).await,
         }
     }
+}
+
+/// Fetches batches run after run: retries transient source errors in place, refuses a
+/// batch with a bad record under `on_bad_record = "fail"`, and paces runs by
+/// `poll_interval`.
+struct Runs<'a> {
+    settings: &'a Settings,
+    metrics: &'a PipelineMetrics,
+    once: bool,
+    shutdown: Shutdown,
+    backoff: Backoff,
+    started: Instant,
+}
+
+impl<'a> Runs<'a> {
+    fn new(settings: &'a Settings, metrics: &'a PipelineMetrics, once: bool, shutdown: Shutdown) -> Self {
+        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now() }
+    }
+
+    /// The next batch; `None` once shutdown is asked for.
+    async fn next<S: Source>(&mut self, source: &mut S) -> Result<Option<Batch>, PipelineError> {
+        loop {
+            let batch: Batch = tokio::select! {
+                fetched = source.next_batch() => match fetched {
+                    Ok(batch) => { self.backoff.reset(); batch }
+                    Err(e) if e.is_retriable() => {
+                        self.metrics.error("source");
+                        self.metrics.source_retry(&e.retry_reason());
+                        let delay = e.retry_after().unwrap_or_else(|| self.backoff.next_delay());
+                        tracing::warn!(error = %e, retry_in = ?delay, "source request failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = self.shutdown.wait() => return Ok(None),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                _ = self.shutdown.wait() => return Ok(None),
+            };
+            if self.settings.on_bad_record == OnBadRecord::Fail {
+                if let Some((key, reason)) = batch.records.iter().find_map(|r| match &r.body {
+                    RecordBody::Bad { reason, .. } => Some((r.key.clone(), reason.clone())),
+                    _ => None,
+                }) {
+                    return Err(PipelineError::BadRecord { key, reason });
+                }
+            }
+            if let Some(holdback) = batch.cutoff_holdback {
+                self.metrics.cutoff_holdback.set(holdback.as_secs_f64());
+            }
+            return Ok(Some(batch));
+        }
+    }
+
+    /// After a batch is handed over: whether to go on. At the end of a run, `--once` is
+    /// done once a run with a fresh cutoff has ended; otherwise the next run starts a poll
+    /// interval after this one started.
+    async fn go_on(&mut self, ends_run: bool, fresh_run: bool) -> bool {
+        if !ends_run {
+            return true;
+        }
+        self.metrics.run_duration.observe(self.started.elapsed().as_secs_f64());
+        if self.once && fresh_run {
+            return false;
+        }
+        let next = self.started + self.settings.poll_interval;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = self.shutdown.wait() => return false,
+        }
+        self.started = Instant::now();
+        true
+    }
+}
+
+/// What a committed batch adds to the metrics.
+fn record_commit(metrics: &PipelineMetrics, delivered: u64, dead_lettered: u64, sent_at: Instant, watermark: Option<DateTime<Utc>>) {
+    metrics.delivery_latency.observe(sent_at.elapsed().as_secs_f64());
+    metrics.delivered.inc_by(delivered);
+    metrics.dead_lettered.inc_by(dead_lettered);
+    metrics.batches.inc();
+    metrics.commits.inc();
+    if let Some(w) = watermark {
+        metrics.lag.set((Utc::now() - w).num_milliseconds().max(0) as f64 / 1000.0);
+    }
+}
+
+/// `exactly_once`: each batch, its dead letters and its checkpoint in one transaction.
+async fn transact<S: Source>(
+    source: &mut S,
+    publisher: &Publisher,
+    store: &KafkaStore,
+    pipeline: &str,
+    source_identity: &str,
+    metrics: &PipelineMetrics,
+    mut runs: Runs<'_>,
+) -> Result<(), PipelineError> {
+    while let Some(batch) = runs.next(source).await? {
+        let sent_at = Instant::now();
+        publisher.begin_transaction()?;
+        let pending = publisher.send_batch(&batch.records).await?;
+        publisher.send_checkpoint(store.topic(), &Checkpoint::new(pipeline, source_identity, batch.position)).await?;
+        metrics.in_flight.add(pending.len() as i64);
+        let committed = publisher.commit_transaction().await;
+        metrics.in_flight.sub(pending.len() as i64);
+        committed?;
+        let dead_lettered = pending.iter().filter(|p| p.dead_letter).count() as u64;
+        record_commit(metrics, pending.len() as u64 - dead_lettered, dead_lettered, sent_at, batch.watermark);
+        if !runs.go_on(batch.ends_run, batch.fresh_run).await {
+            return Ok(());
+        }
+    }
+    Ok(())
 }
 
 async fn feed<S: Source>(
     source: &mut S,
     publisher: &Publisher,
-    settings: &Settings,
     metrics: &PipelineMetrics,
     tx: mpsc::Sender<InFlight>,
-    once: bool,
-    mut shutdown: Shutdown,
+    mut runs: Runs<'_>,
 ) -> Result<(), PipelineError> {
-    let mut backoff = Backoff::default();
-    let mut run_started = Instant::now();
-    loop {
-        if shutdown.is_triggered() {
-            return Ok(());
-        }
-        let batch: Batch = tokio::select! {
-            fetched = source.next_batch() => match fetched {
-                Ok(batch) => { backoff.reset(); batch }
-                Err(e) if e.is_retriable() => {
-                    metrics.error("source");
-                    metrics.source_retry(&e.retry_reason());
-                    let delay = e.retry_after().unwrap_or_else(|| backoff.next_delay());
-                    tracing::warn!(error = %e, retry_in = ?delay, "source request failed; retrying");
-                    tokio::select! {
-                        _ = tokio::time::sleep(delay) => continue,
-                        _ = shutdown.wait() => return Ok(()),
-                    }
-                }
-                Err(e) => return Err(e.into()),
-            },
-            _ = shutdown.wait() => return Ok(()),
-        };
-        if settings.on_bad_record == OnBadRecord::Fail {
-            if let Some((key, reason)) = batch.records.iter().find_map(|r| match &r.body {
-                RecordBody::Bad { reason, .. } => Some((r.key.clone(), reason.clone())),
-                _ => None,
-            }) {
-                return Err(PipelineError::BadRecord { key, reason });
-            }
-        }
-        if let Some(holdback) = batch.cutoff_holdback {
-            metrics.cutoff_holdback.set(holdback.as_secs_f64());
-        }
+    while let Some(batch) = runs.next(source).await? {
         let sent_at = Instant::now();
         let pending = publisher.send_batch(&batch.records).await?;
         metrics.in_flight.add(pending.len() as i64);
+        let (ends_run, fresh_run) = (batch.ends_run, batch.fresh_run);
         let in_flight = InFlight { pending, position: batch.position, watermark: batch.watermark, sent_at };
         if tx.send(in_flight).await.is_err() {
             return Ok(()); // the committer stopped; it reports why
         }
-        if batch.ends_run {
-            metrics.run_duration.observe(run_started.elapsed().as_secs_f64());
-            if once && batch.fresh_run {
-                return Ok(());
-            }
-            // Caught up: start the next run a poll interval after this one started.
-            let next = run_started + settings.poll_interval;
-            tokio::select! {
-                _ = tokio::time::sleep_until(next.into()) => {}
-                _ = shutdown.wait() => return Ok(()),
-            }
-            run_started = Instant::now();
+        if !runs.go_on(ends_run, fresh_run).await {
+            return Ok(());
         }
     }
+    Ok(())
 }
 
 async fn commit(
@@ -248,17 +334,10 @@ async fn commit(
             }
             metrics.in_flight.dec();
         }
-        metrics.delivery_latency.observe(batch.sent_at.elapsed().as_secs_f64());
         let cp = Checkpoint::new(pipeline, source_identity, batch.position);
         let writer = store.clone();
         tokio::task::spawn_blocking(move || writer.commit(&cp)).await.expect("checkpoint writer does not panic")?;
-        metrics.delivered.inc_by(delivered);
-        metrics.dead_lettered.inc_by(dead_lettered);
-        metrics.batches.inc();
-        metrics.commits.inc();
-        if let Some(w) = batch.watermark {
-            metrics.lag.set((Utc::now() - w).num_milliseconds().max(0) as f64 / 1000.0);
-        }
+        record_commit(metrics, delivered, dead_lettered, batch.sent_at, batch.watermark);
     }
     Ok(())
 }

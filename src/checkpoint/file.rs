@@ -33,15 +33,7 @@ impl FileStore {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
             Err(e) => return Err(Self::io(&path)(e)),
         };
-        let cp: Checkpoint = serde_json::from_slice(&bytes)
-            .map_err(|e| CheckpointError::Corrupt { path: path.display().to_string(), reason: e.to_string() })?;
-        if cp.version != Checkpoint::VERSION {
-            return Err(CheckpointError::Corrupt {
-                path: path.display().to_string(),
-                reason: format!("version {} is not supported (expected {})", cp.version, Checkpoint::VERSION),
-            });
-        }
-        Ok(Some(cp))
+        super::parse(&bytes, &path.display().to_string()).map(Some)
     }
 
     pub fn commit(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
@@ -76,7 +68,7 @@ impl FileStore {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::checkpoint::load_for;
+    use crate::checkpoint::{load_for, Store};
 
     #[test]
     fn commits_loads_and_resets() {
@@ -90,14 +82,15 @@ mod tests {
         assert!(!store.reset("p").unwrap());
     }
 
-    #[test]
-    fn refuses_a_checkpoint_of_another_source() {
+    #[tokio::test]
+    async fn refuses_a_checkpoint_of_another_source() {
         let dir = tempfile::tempdir().unwrap();
-        let store = FileStore::new(dir.path());
-        store.commit(&Checkpoint::new("p", "postgresql://a:5432/x/t", serde_json::json!({}))).unwrap();
-        let e = load_for(&store, "p", "postgresql://b:5432/x/t").unwrap_err().to_string();
+        let file = FileStore::new(dir.path());
+        file.commit(&Checkpoint::new("p", "postgresql://a:5432/x/t", serde_json::json!({}))).unwrap();
+        let store = Store::File(file);
+        let e = load_for(&store, "p", "postgresql://b:5432/x/t").await.unwrap_err().to_string();
         assert!(e.contains("another source") && e.contains("checkpoint reset"), "{e}");
-        assert!(load_for(&store, "p", "postgresql://a:5432/x/t").unwrap().is_some());
+        assert!(load_for(&store, "p", "postgresql://a:5432/x/t").await.unwrap().is_some());
     }
 
     #[test]

@@ -3,12 +3,16 @@
 //! the source's position, a plain versioned JSON value an operator can read.
 
 pub mod file;
+pub mod kafka;
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::config::{Config, Delivery, PipelineConfig};
+
 pub use file::FileStore;
+pub use kafka::KafkaStore;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Checkpoint {
@@ -38,6 +42,18 @@ impl Checkpoint {
     }
 }
 
+/// A stored checkpoint, checked for its format version; `at` names where it was read.
+pub fn parse(bytes: &[u8], at: &str) -> Result<Checkpoint, CheckpointError> {
+    let cp: Checkpoint = serde_json::from_slice(bytes).map_err(|e| CheckpointError::Corrupt { path: at.to_string(), reason: e.to_string() })?;
+    if cp.version != Checkpoint::VERSION {
+        return Err(CheckpointError::Corrupt {
+            path: at.to_string(),
+            reason: format!("version {} is not supported (expected {})", cp.version, Checkpoint::VERSION),
+        });
+    }
+    Ok(cp)
+}
+
 pub fn fingerprint(source_identity: &str) -> String {
     hex::encode(&Sha256::digest(source_identity.as_bytes())[..12])
 }
@@ -53,11 +69,73 @@ pub enum CheckpointError {
          run `order-cdc checkpoint reset --pipeline {pipeline}` to start this source over"
     )]
     ForeignSource { pipeline: String, found: String, expected: String },
+    #[error("checkpoint store (Kafka): {0}")]
+    Kafka(String),
+}
+
+impl CheckpointError {
+    /// The Kafka store may be back in a moment; a bad file or a foreign checkpoint needs
+    /// an operator.
+    pub fn is_retriable(&self) -> bool {
+        matches!(self, Self::Kafka(_))
+    }
+}
+
+/// Where a pipeline's checkpoints live: a file (`at_least_once`: committed after the
+/// batch's acknowledgements), or the Kafka topic (`exactly_once`: committed in the batch's
+/// transaction).
+#[derive(Debug, Clone)]
+pub enum Store {
+    File(FileStore),
+    Kafka(KafkaStore),
+}
+
+/// The store of a pipeline: `exactly_once` keeps its checkpoints in the Kafka topic
+/// (`[checkpoint] topic`), `at_least_once` in files (`[checkpoint] dir`).
+pub fn store_for(config: &Config, pipeline: &PipelineConfig) -> Store {
+    match pipeline.delivery {
+        Delivery::ExactlyOnce => Store::Kafka(KafkaStore::new(config.kafka.clone(), &config.checkpoint.topic)),
+        Delivery::AtLeastOnce => Store::File(FileStore::new(&config.checkpoint.dir)),
+    }
+}
+
+impl Store {
+    pub async fn load(&self, pipeline: &str) -> Result<Option<Checkpoint>, CheckpointError> {
+        match self {
+            Self::File(f) => f.load(pipeline),
+            Self::Kafka(k) => k.load(pipeline).await,
+        }
+    }
+
+    /// Writes a checkpoint outside of any batch (`checkpoint set`).
+    pub async fn write(&self, cp: &Checkpoint, replication_factor: i32) -> Result<(), CheckpointError> {
+        match self {
+            Self::File(f) => f.commit(cp),
+            Self::Kafka(k) => {
+                k.ensure_topic(replication_factor).await?;
+                k.write(&cp.pipeline, Some(cp)).await
+            }
+        }
+    }
+
+    /// Deletes a pipeline's checkpoint (`checkpoint reset`); returns whether there was one.
+    pub async fn reset(&self, pipeline: &str) -> Result<bool, CheckpointError> {
+        match self {
+            Self::File(f) => f.reset(pipeline),
+            Self::Kafka(k) => {
+                let existed = k.load(pipeline).await?.is_some();
+                if existed {
+                    k.write(pipeline, None).await?;
+                }
+                Ok(existed)
+            }
+        }
+    }
 }
 
 /// Loads a pipeline's checkpoint and checks that it belongs to this source.
-pub fn load_for(store: &FileStore, pipeline: &str, source_identity: &str) -> Result<Option<Checkpoint>, CheckpointError> {
-    let Some(cp) = store.load(pipeline)? else { return Ok(None) };
+pub async fn load_for(store: &Store, pipeline: &str, source_identity: &str) -> Result<Option<Checkpoint>, CheckpointError> {
+    let Some(cp) = store.load(pipeline).await? else { return Ok(None) };
     if cp.fingerprint != fingerprint(source_identity) {
         return Err(CheckpointError::ForeignSource {
             pipeline: pipeline.to_string(),

@@ -12,11 +12,18 @@ use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
+use std::borrow::Cow;
+
+use rdkafka::message::OwnedHeaders;
+
+use crate::checkpoint::{Checkpoint, KafkaStore};
 use crate::config::{KafkaConfig, OnBadRecord};
 use crate::event::{Event, EventFormat};
 use crate::source::{Record, RecordBody};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a transactional call (init, commit) may block.
+const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
 #[derive(Debug, thiserror::Error)]
 pub enum PublishError {
@@ -32,6 +39,8 @@ pub enum PublishError {
     Delivery(KafkaError),
     #[error("the producer went away before reporting a delivery")]
     Canceled,
+    #[error("Kafka transaction: {0}")]
+    Transaction(KafkaError),
     #[error("order {key}: its event value is {bytes} bytes, more than the producer's message.max.bytes; on_bad_record = \"fail\" stops the pipeline here")]
     TooLarge { key: String, bytes: usize },
 }
@@ -40,7 +49,7 @@ impl PublishError {
     /// A failed or lost delivery is retried from the last checkpoint; a bad configuration
     /// or an unreachable cluster at start-up is not.
     pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Send(_) | Self::Delivery(_) | Self::Canceled)
+        matches!(self, Self::Send(_) | Self::Delivery(_) | Self::Canceled | Self::Transaction(_))
     }
 }
 
@@ -89,6 +98,8 @@ pub struct PublisherSpec {
     pub replication_factor: i32,
     /// What becomes of an event Kafka cannot take (larger than `message.max.bytes`).
     pub on_bad_record: OnBadRecord,
+    /// `exactly_once`: the producer's `transactional.id`.
+    pub transactional_id: Option<String>,
 }
 
 pub struct Publisher {
@@ -119,8 +130,11 @@ pub fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
 impl Publisher {
     /// Builds the producer, checks that the cluster answers and creates missing topics.
     pub async fn connect(spec: &PublisherSpec) -> Result<Self, PublishError> {
-        let PublisherSpec { kafka, format, topic, dead_letter_topic, partitions, replication_factor, on_bad_record } = spec;
-        let cfg = client_config(kafka, &format.pipeline);
+        let PublisherSpec { kafka, format, topic, dead_letter_topic, partitions, replication_factor, on_bad_record, transactional_id } = spec;
+        let mut cfg = client_config(kafka, &format.pipeline);
+        if let Some(id) = transactional_id {
+            cfg.set("transactional.id", id);
+        }
         let started = Arc::new(AtomicBool::new(false));
         let producer: FutureProducer<LoggingContext> = cfg
             .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
@@ -137,6 +151,15 @@ impl Publisher {
         let missing: Vec<&str> = [topic, dead_letter_topic].into_iter().map(String::as_str).filter(|t| !existing.contains(t)).collect();
         if !missing.is_empty() {
             ensure_topics(&cfg, &missing, *partitions, *replication_factor).await?;
+        }
+        if transactional_id.is_some() {
+            // Fences any earlier producer with this id and aborts what it left open, so
+            // the checkpoint read after this sees only committed transactions.
+            let init = producer.clone();
+            tokio::task::spawn_blocking(move || init.init_transactions(TRANSACTION_TIMEOUT))
+                .await
+                .expect("init_transactions does not panic")
+                .map_err(PublishError::Transaction)?;
         }
         Ok(Self {
             producer,
@@ -172,6 +195,29 @@ impl Publisher {
             pending.push(pending_event);
         }
         Ok(pending)
+    }
+
+    /// Opens a transaction (`exactly_once`): what is sent until `commit_transaction` is
+    /// published together or not at all.
+    pub fn begin_transaction(&self) -> Result<(), PublishError> {
+        self.producer.begin_transaction().map_err(PublishError::Transaction)
+    }
+
+    /// Adds the batch's checkpoint to the open transaction.
+    pub async fn send_checkpoint(&self, topic: &str, cp: &Checkpoint) -> Result<(), PublishError> {
+        let value = KafkaStore::value(cp);
+        let event = Event { key: &cp.pipeline, value: Some(Cow::Borrowed(&value)), headers: OwnedHeaders::new() };
+        self.send(topic, event).await.map(drop)
+    }
+
+    /// Commits the open transaction: waits until every message in it is acknowledged,
+    /// and fails (to be aborted by a fresh producer) if any was not.
+    pub async fn commit_transaction(&self) -> Result<(), PublishError> {
+        let producer = self.producer.clone();
+        tokio::task::spawn_blocking(move || producer.commit_transaction(TRANSACTION_TIMEOUT))
+            .await
+            .expect("commit_transaction does not panic")
+            .map_err(PublishError::Transaction)
     }
 
     /// An event larger than Kafka takes can never be published: retrying would stall the

@@ -4,7 +4,7 @@
 //! The stack comes from `scripts/stack.sh up` (the README's test command runs it first).
 #![allow(dead_code)] // each test binary uses its own subset
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
@@ -154,6 +154,7 @@ listen = "127.0.0.1:{port}"
 
 [checkpoint]
 dir = "{checkpoints}"
+topic = "{checkpoint_topic}"
 
 [pipelines.p]
 topic = "{topic}"
@@ -170,6 +171,8 @@ partitions = 3
             kafka_extra = p.kafka_extra,
             port = p.metrics_port,
             checkpoints = dir.path().join("checkpoints").display(),
+            // Tests share the broker and all name their pipeline `p`.
+            checkpoint_topic = unique("checkpoints"),
             topic = p.topic,
             batch = p.batch_size,
             pipeline_extra = p.pipeline_extra,
@@ -282,31 +285,42 @@ pub fn read_topic(topic: &str) -> Vec<Event> {
 
 /// `read_topic` on another cluster (librdkafka's mock cluster).
 pub fn read_topic_from(bootstrap: &str, topic: &str) -> Vec<Event> {
+    read_topic_as(bootstrap, topic, "read_committed")
+}
+
+/// Every event of a topic, as a consumer with this `isolation.level` sees it: reads each
+/// partition to its end (for `read_committed`, the end of the committed transactions).
+pub fn read_topic_as(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Event> {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("test"))
         .set("enable.auto.commit", "false")
-        .set("enable.partition.eof", "false")
+        .set("enable.partition.eof", "true")
+        .set("isolation.level", isolation)
         .create()
         .expect("consumer");
     let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
     let partitions: Vec<i32> = metadata.topics()[0].partitions().iter().map(|p| p.id()).collect();
     let mut assignment = TopicPartitionList::new();
-    let mut remaining: HashMap<i32, i64> = HashMap::new();
     for &p in &partitions {
-        let (low, high) = consumer.fetch_watermarks(topic, p, Duration::from_secs(10)).expect("watermarks");
         assignment.add_partition_offset(topic, p, Offset::Beginning).unwrap();
-        if high > low {
-            remaining.insert(p, high);
-        }
     }
     consumer.assign(&assignment).expect("assign");
+    // Transactional topics end with control records no consumer is given, so the end is
+    // librdkafka's end-of-partition event, not the last offset.
+    let mut open: HashSet<i32> = partitions.into_iter().collect();
     let mut events = Vec::new();
     let end = Instant::now() + Duration::from_secs(120);
-    while !remaining.is_empty() {
-        assert!(Instant::now() < end, "reading {topic} timed out; partitions left: {remaining:?}");
-        let Some(message) = consumer.poll(Duration::from_millis(500)) else { continue };
-        let m = message.expect("consume");
+    while !open.is_empty() {
+        assert!(Instant::now() < end, "reading {topic} timed out; partitions left: {open:?}");
+        let m = match consumer.poll(Duration::from_millis(500)) {
+            None => continue,
+            Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
+                open.remove(&p);
+                continue;
+            }
+            Some(other) => other.expect("consume"),
+        };
         let headers = m
             .headers()
             .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
@@ -318,11 +332,6 @@ pub fn read_topic_from(bootstrap: &str, topic: &str) -> Vec<Event> {
             value: m.payload().map(<[u8]>::to_vec),
             headers,
         });
-        if let Some(&high) = remaining.get(&m.partition()) {
-            if m.offset() + 1 >= high {
-                remaining.remove(&m.partition());
-            }
-        }
     }
     events
 }
