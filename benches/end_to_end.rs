@@ -113,28 +113,11 @@ async fn bench(config_path: std::path::PathBuf) {
     }
     let c = best_c.unwrap();
 
-    // (a) the binary end to end, from a fresh checkpoint to a fresh topic each round.
-    let mut best_a: Option<Figure> = None;
-    for round in 0..ROUNDS {
-        let dir = tempfile::tempdir().unwrap();
-        let topic = format!("bench-e2e-{}-{round}", std::process::id());
-        let started = Instant::now();
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_order-cdc"))
-            .arg("--config")
-            .arg(&config_path)
-            .args(["run", "--once"])
-            .env(format!("ORDER_CDC__PIPELINES__{}__TOPIC", name.to_uppercase()), &topic)
-            .env("ORDER_CDC__CHECKPOINT__DIR", dir.path())
-            .env("RUST_LOG", "warn")
-            .status()
-            .unwrap();
-        assert!(status.success());
-        let f = Figure { name: "(a) order-cdc run --once, end to end", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed() };
-        if best_a.as_ref().is_none_or(|a| f.elapsed < a.elapsed) {
-            best_a = Some(f);
-        }
-    }
-    let a = best_a.unwrap();
+    // (a) the binary end to end, from a fresh checkpoint to a fresh topic each round;
+    // (x) the same with delivery = "exactly_once" (a Kafka transaction per batch).
+    let a = end_to_end(&config_path, name, "(a) order-cdc run --once, end to end", &[], &b);
+    let delivery = (format!("ORDER_CDC__PIPELINES__{}__DELIVERY", name.to_uppercase()), "exactly_once".to_string());
+    let x = end_to_end(&config_path, name, "(x) the same, delivery = exactly_once", &[delivery], &b);
 
     println!();
     println!("batch_size {} | max_in_flight_batches {} | kafka properties {:?}", pipeline.batch_size, pipeline.max_in_flight_batches, config.kafka.properties);
@@ -144,4 +127,36 @@ async fn bench(config_path: std::path::PathBuf) {
     a.print();
     let floor = b.rate().min(c.rate());
     println!("ratio a / min(b, c) = {:.2}", a.rate() / floor);
+    x.print();
+    println!("ratio x / a = {:.2}", x.rate() / a.rate());
+}
+
+/// The binary end to end, best of `ROUNDS`, each from a fresh checkpoint (file or
+/// Kafka) to a fresh topic.
+fn end_to_end(config_path: &std::path::Path, name: &str, label: &'static str, env: &[(String, String)], b: &Figure) -> Figure {
+    let mut best: Option<Figure> = None;
+    for round in 0..ROUNDS {
+        let dir = tempfile::tempdir().unwrap();
+        let fresh = format!("{}-{}-{round}", std::process::id(), env.len());
+        let topic = format!("bench-e2e-{fresh}");
+        let started = Instant::now();
+        let status = std::process::Command::new(env!("CARGO_BIN_EXE_order-cdc"))
+            .arg("--config")
+            .arg(config_path)
+            .args(["run", "--once"])
+            .env(format!("ORDER_CDC__PIPELINES__{}__TOPIC", name.to_uppercase()), &topic)
+            .env("ORDER_CDC__CHECKPOINT__DIR", dir.path())
+            .env("ORDER_CDC__CHECKPOINT__TOPIC", format!("bench-checkpoints-{fresh}"))
+            .env(format!("ORDER_CDC__PIPELINES__{}__TRANSACTIONAL_ID", name.to_uppercase()), format!("order-cdc.bench-{fresh}"))
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .env("RUST_LOG", "warn")
+            .status()
+            .unwrap();
+        assert!(status.success());
+        let f = Figure { name: label, orders: b.orders, bytes: b.bytes, elapsed: started.elapsed() };
+        if best.as_ref().is_none_or(|a| f.elapsed < a.elapsed) {
+            best = Some(f);
+        }
+    }
+    best.unwrap()
 }

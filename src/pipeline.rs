@@ -246,18 +246,21 @@ impl<'a> Runs<'a> {
 }
 
 /// What a committed batch adds to the metrics.
-fn record_commit(metrics: &PipelineMetrics, delivered: u64, dead_lettered: u64, sent_at: Instant, watermark: Option<DateTime<Utc>>) {
+fn record_commit(metrics: &PipelineMetrics, batches: u64, delivered: u64, dead_lettered: u64, sent_at: Instant, watermark: Option<DateTime<Utc>>) {
     metrics.delivery_latency.observe(sent_at.elapsed().as_secs_f64());
     metrics.delivered.inc_by(delivered);
     metrics.dead_lettered.inc_by(dead_lettered);
-    metrics.batches.inc();
+    metrics.batches.inc_by(batches);
     metrics.commits.inc();
     if let Some(w) = watermark {
         metrics.lag.set((Utc::now() - w).num_milliseconds().max(0) as f64 / 1000.0);
     }
 }
 
-/// `exactly_once`: each batch, its dead letters and its checkpoint in one transaction.
+/// `exactly_once`: batches, their dead letters and the checkpoint after the last of them
+/// in one transaction. A transaction holds up to `max_in_flight_batches` batches (the
+/// same bound on what is published but not committed as under `at_least_once`) and is
+/// committed sooner at the end of a run and on shutdown.
 async fn transact<S: Source>(
     source: &mut S,
     publisher: &Publisher,
@@ -267,22 +270,60 @@ async fn transact<S: Source>(
     metrics: &PipelineMetrics,
     mut runs: Runs<'_>,
 ) -> Result<(), PipelineError> {
+    // Whatever an earlier attempt had in flight was aborted with its producer.
+    metrics.in_flight.set(0);
+    let mut open: Option<Transaction> = None;
     while let Some(batch) = runs.next(source).await? {
-        let sent_at = Instant::now();
-        publisher.begin_transaction()?;
+        if open.is_none() {
+            publisher.begin_transaction()?;
+        }
+        let txn = open.get_or_insert_with(|| Transaction { sent_at: Instant::now(), batches: 0, events: 0, dead_lettered: 0, position: None, watermark: None });
         let pending = publisher.send_batch(&batch.records).await?;
-        publisher.send_checkpoint(store.topic(), &Checkpoint::new(pipeline, source_identity, batch.position)).await?;
         metrics.in_flight.add(pending.len() as i64);
-        let committed = publisher.commit_transaction().await;
-        metrics.in_flight.sub(pending.len() as i64);
-        committed?;
-        let dead_lettered = pending.iter().filter(|p| p.dead_letter).count() as u64;
-        record_commit(metrics, pending.len() as u64 - dead_lettered, dead_lettered, sent_at, batch.watermark);
+        txn.batches += 1;
+        txn.events += pending.len() as u64;
+        txn.dead_lettered += pending.iter().filter(|p| p.dead_letter).count() as u64;
+        txn.position = Some(batch.position);
+        txn.watermark = batch.watermark.or(txn.watermark);
+        if batch.ends_run || txn.batches >= runs.settings.max_in_flight_batches {
+            let txn = open.take().expect("opened above");
+            txn.commit(publisher, store, pipeline, source_identity, metrics).await?;
+        }
         if !runs.go_on(batch.ends_run, batch.fresh_run).await {
-            return Ok(());
+            break;
         }
     }
-    Ok(())
+    // Shutdown: what is published so far is consistent with its checkpoint.
+    match open {
+        Some(txn) => txn.commit(publisher, store, pipeline, source_identity, metrics).await,
+        None => Ok(()),
+    }
+}
+
+/// An open transaction's batches.
+struct Transaction {
+    sent_at: Instant,
+    batches: usize,
+    events: u64,
+    dead_lettered: u64,
+    position: Option<serde_json::Value>,
+    watermark: Option<DateTime<Utc>>,
+}
+
+impl Transaction {
+    /// Adds the checkpoint of the last batch and commits: every message in the
+    /// transaction is acknowledged, or the commit fails (and a fresh producer aborts it).
+    async fn commit(self, publisher: &Publisher, store: &KafkaStore, pipeline: &str, source_identity: &str, metrics: &PipelineMetrics) -> Result<(), PipelineError> {
+        let position = self.position.expect("a transaction holds a batch");
+        publisher.send_checkpoint(store.topic(), &Checkpoint::new(pipeline, source_identity, position)).await?;
+        let committing = Instant::now();
+        let committed = publisher.commit_transaction().await;
+        tracing::debug!(pipeline, batches = self.batches, events = self.events, commit = ?committing.elapsed(), open = ?self.sent_at.elapsed(), "transaction committed");
+        metrics.in_flight.sub(self.events as i64);
+        committed?;
+        record_commit(metrics, self.batches as u64, self.events - self.dead_lettered, self.dead_lettered, self.sent_at, self.watermark);
+        Ok(())
+    }
 }
 
 async fn feed<S: Source>(
@@ -337,7 +378,7 @@ async fn commit(
         let cp = Checkpoint::new(pipeline, source_identity, batch.position);
         let writer = store.clone();
         tokio::task::spawn_blocking(move || writer.commit(&cp)).await.expect("checkpoint writer does not panic")?;
-        record_commit(metrics, delivered, dead_lettered, batch.sent_at, batch.watermark);
+        record_commit(metrics, 1, delivered, dead_lettered, batch.sent_at, batch.watermark);
     }
     Ok(())
 }
