@@ -80,7 +80,10 @@ pub struct CheckpointConfig {
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckpointStoreKind {
+    /// Files for `at_least_once` pipelines; `exactly_once` ones always use the topic.
     File,
+    /// Every pipeline keeps its checkpoints in the topic: all must be `exactly_once`.
+    Kafka,
 }
 
 #[derive(Debug, Deserialize)]
@@ -411,6 +414,12 @@ impl Config {
         }
         for (name, p) in &self.pipelines {
             let key = |k: &str| format!("pipelines.{name}.{k}");
+            if self.checkpoint.store == CheckpointStoreKind::Kafka && p.delivery != Delivery::ExactlyOnce {
+                return Err(invalid(
+                    "checkpoint.store",
+                    format!("the kafka store holds exactly_once checkpoints, and pipelines.{name} is at_least_once (use store = \"file\", or delivery = \"exactly_once\")"),
+                ));
+            }
             if p.transactional_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
                 return Err(invalid(key("transactional_id"), "must not be empty"));
             }
@@ -574,5 +583,14 @@ url = "postgres://u:secret@127.0.0.1/db"
         let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\nbatchsize = 10"));
         assert!(e.contains("batchsize"), "{e}");
         assert!(!e.contains("secret"), "{e}");
+        let e = err(&format!("[checkpoint]\nstore = \"kafka\"\n{PIPELINE}"));
+        assert!(e.contains("checkpoint.store") && e.contains("pipelines.orders is at_least_once"), "{e}");
+    }
+
+    #[test]
+    fn exactly_once_pipelines_may_name_the_kafka_store() {
+        let c = load_str(&format!("[checkpoint]\nstore = \"kafka\"\n{}", PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\ndelivery = \"exactly_once\""))).unwrap();
+        assert_eq!(c.pipelines["orders"].transactional_id("orders"), "order-cdc.orders");
+        assert_eq!(c.checkpoint.topic, "order-cdc.checkpoints");
     }
 }
