@@ -14,8 +14,9 @@ scripts/stack.sh up >/dev/null
 cargo build --release --locked
 BIN=target/release/order-cdc
 
+# Events on the topic (0 while it does not exist yet: GetOffsetShell then fails).
 topic_events() {
-  java -Xmx128m -cp "$KAFKA_CP" org.apache.kafka.tools.GetOffsetShell --bootstrap-server $BROKERS --topic $TOPIC 2>/dev/null \
+  { java -Xmx128m -cp "$KAFKA_CP" org.apache.kafka.tools.GetOffsetShell --bootstrap-server $BROKERS --topic $TOPIC 2>/dev/null || true; } \
     | awk -F: '{sum += $3} END {print sum + 0}'
 }
 
