@@ -280,15 +280,12 @@ pub struct ExportApiSourceConfig {
     pub id_field: String,
     /// The top-level field that holds its change time: an RFC 3339 / seed-000 datetime
     /// string, or Unix seconds (milliseconds when it is too large to be seconds).
-    #[serde(default = "default_updated_at_field")]
+    #[serde(default = "default_updated_at")]
     pub updated_at_field: String,
 }
 
 fn default_id_field() -> String {
     "order_id".into()
-}
-fn default_updated_at_field() -> String {
-    "updated_at".into()
 }
 
 fn default_api_limit() -> u32 {
@@ -312,7 +309,7 @@ pub struct PostgresSourceConfig {
     #[serde(default = "default_id_column")]
     pub id_column: String,
     /// A `timestamptz` (or `timestamp`, read as UTC) column the writers set on every change.
-    #[serde(default = "default_updated_at_column")]
+    #[serde(default = "default_updated_at")]
     pub updated_at_column: String,
     /// An SQL predicate over alias `t`; rows that fail it are never read.
     #[serde(default)]
@@ -352,7 +349,8 @@ fn default_table() -> String {
 fn default_id_column() -> String {
     "id".into()
 }
-fn default_updated_at_column() -> String {
+/// The change-time column of the reference schema, and the field of its documents.
+fn default_updated_at() -> String {
     "updated_at".into()
 }
 fn default_cutoff_lag() -> Duration {

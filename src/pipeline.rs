@@ -274,20 +274,20 @@ async fn transact<S: Source>(
     metrics.in_flight.set(0);
     let mut open: Option<Transaction> = None;
     while let Some(batch) = runs.next(source).await? {
+        let sent_at = Instant::now();
         if open.is_none() {
             publisher.begin_transaction()?;
         }
-        let txn = open.get_or_insert_with(|| Transaction { sent_at: Instant::now(), batches: 0, events: 0, dead_lettered: 0, position: None, watermark: None });
         let pending = publisher.send_batch(&batch.records).await?;
         metrics.in_flight.add(pending.len() as i64);
-        txn.batches += 1;
-        txn.events += pending.len() as u64;
-        txn.dead_lettered += pending.iter().filter(|p| p.dead_letter).count() as u64;
-        txn.position = Some(batch.position);
-        txn.watermark = batch.watermark.or(txn.watermark);
+        let txn = match open.take() {
+            Some(txn) => txn.with(&pending, batch.position, batch.watermark),
+            None => Transaction::of(sent_at, &pending, batch.position, batch.watermark),
+        };
         if batch.ends_run || txn.batches >= runs.settings.max_in_flight_batches {
-            let txn = open.take().expect("opened above");
             txn.commit(publisher, store, pipeline, source_identity, metrics).await?;
+        } else {
+            open = Some(txn);
         }
         if !runs.go_on(batch.ends_run, batch.fresh_run).await {
             break;
@@ -306,16 +306,28 @@ struct Transaction {
     batches: usize,
     events: u64,
     dead_lettered: u64,
-    position: Option<serde_json::Value>,
+    /// The position after its last batch: the checkpoint it commits.
+    position: serde_json::Value,
     watermark: Option<DateTime<Utc>>,
 }
 
 impl Transaction {
+    /// A transaction of one batch.
+    fn of(sent_at: Instant, pending: &[Pending], position: serde_json::Value, watermark: Option<DateTime<Utc>>) -> Self {
+        let dead_lettered = pending.iter().filter(|p| p.dead_letter).count() as u64;
+        Self { sent_at, batches: 1, events: pending.len() as u64, dead_lettered, position, watermark }
+    }
+
+    /// This transaction with one more batch.
+    fn with(self, pending: &[Pending], position: serde_json::Value, watermark: Option<DateTime<Utc>>) -> Self {
+        let next = Self::of(self.sent_at, pending, position, watermark.or(self.watermark));
+        Self { batches: self.batches + 1, events: self.events + next.events, dead_lettered: self.dead_lettered + next.dead_lettered, ..next }
+    }
+
     /// Adds the checkpoint of the last batch and commits: every message in the
     /// transaction is acknowledged, or the commit fails (and a fresh producer aborts it).
     async fn commit(self, publisher: &Publisher, store: &KafkaStore, pipeline: &str, source_identity: &str, metrics: &PipelineMetrics) -> Result<(), PipelineError> {
-        let position = self.position.expect("a transaction holds a batch");
-        publisher.send_checkpoint(store.topic(), &Checkpoint::new(pipeline, source_identity, position)).await?;
+        publisher.send_checkpoint(store.topic(), &Checkpoint::new(pipeline, source_identity, self.position)).await?;
         let committing = Instant::now();
         let committed = publisher.commit_transaction().await;
         tracing::debug!(pipeline, batches = self.batches, events = self.events, commit = ?committing.elapsed(), open = ?self.sent_at.elapsed(), "transaction committed");

@@ -70,11 +70,7 @@ async fn kill_9_mid_run_leaves_no_duplicate_for_read_committed_consumers() {
     let mut p = exactly_once(&db.url, &topic);
     p.metrics_port = free_port();
     let setup = Setup::new(&p);
-    let committed_batches = || {
-        http_get(p.metrics_port, "/metrics").and_then(|(_, body)| {
-            body.lines().find_map(|l| l.strip_prefix("order_cdc_batches_total{pipeline=\"p\"} ").map(|v| v.parse::<u64>().unwrap()))
-        })
-    };
+    let committed_batches = || metric(p.metrics_port, "order_cdc_batches_total", &[("pipeline", "p")]);
 
     let mut kills = 0;
     for _ in 0..4 {

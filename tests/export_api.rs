@@ -150,17 +150,14 @@ async fn every_fault_ends_with_nothing_missing() {
         })
     });
     // Every retry is counted, by what failed.
-    let (_, metrics) = http_get(p.metrics_port, "/metrics").expect("metrics");
-    let retries = |reason: &str| -> u64 {
-        let prefix = format!("order_cdc_source_retries_total{{pipeline=\"p\",reason=\"{reason}\"}} ");
-        metrics.lines().find_map(|l| l.strip_prefix(prefix.as_str())).map_or(0, |v| v.parse().unwrap())
-    };
+    let metrics = http_get(p.metrics_port, "/metrics").expect("metrics").1;
+    let retries = |reason: &str| metric(p.metrics_port, "order_cdc_source_retries_total", &[("pipeline", "p"), ("reason", reason)]).unwrap_or(0);
     assert_eq!(retries("429"), 2, "{metrics}");
     assert!(retries("500") >= 1 && retries("502") >= 1, "{metrics}");
     assert!(retries("connection") >= 3, "two resets and a timeout: {metrics}");
     assert!(retries("malformed_page") >= 2, "two truncated pages: {metrics}");
     assert!(retries("400") >= 1, "the refused cursor: {metrics}");
-    std::process::Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
+    terminate(&daemon);
     let status = block_in_place(|| wait_for_exit(&mut daemon, Duration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     let stderr = setup.log();
     assert!(status.success(), "{stderr}");

@@ -301,13 +301,7 @@ async fn daemon_metrics_match_the_topic_and_sigterm_exits_cleanly() {
     let setup = Setup::new(&p);
     let mut daemon = setup.spawn(&["run"]);
     let port = p.metrics_port;
-    let delivered = |port| -> u64 {
-        let Some((200, body)) = http_get(port, "/metrics") else { return 0 };
-        body.lines()
-            .find(|l| l.starts_with("order_cdc_events_total") && l.contains("outcome=\"delivered\"") && l.contains("pipeline=\"p\""))
-            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-            .unwrap_or(0)
-    };
+    let delivered = |port| metric(port, "order_cdc_events_total", &[("pipeline", "p"), ("outcome", "delivered")]).unwrap_or(0);
     wait_until("3,000 delivered", Duration::from_secs(60), || delivered(port) >= 3_000);
     // A change while the daemon runs arrives in a later run.
     client.batch_execute("UPDATE sales_orders SET order_status = 'cancelled' WHERE id = 42").await.unwrap();
@@ -326,8 +320,7 @@ async fn daemon_metrics_match_the_topic_and_sigterm_exits_cleanly() {
     assert!(latest["42"].text().contains("cancelled"));
 
     // SIGTERM: drains, commits, exits 0.
-    let status = std::process::Command::new("kill").arg("-TERM").arg(daemon.id().to_string()).status().unwrap();
-    assert!(status.success());
+    terminate(&daemon);
     let exit = wait_for_exit(&mut daemon, Duration::from_secs(30), "daemon did not stop on SIGTERM", || setup.log());
     assert!(exit.success(), "exit status {exit:?}");
     db.drop_db().await;

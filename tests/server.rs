@@ -436,7 +436,7 @@ async fn the_serve_command_runs_and_counts_requests() {
     assert!(metrics.contains("order_cdc_http_request_duration_seconds_bucket"));
     assert!(!metrics.contains(TOKEN) && !metrics.contains("postgres:postgres"));
     assert_eq!(http_get(metrics_port, "/health/live").unwrap().0, 200);
-    std::process::Command::new("kill").arg("-TERM").arg(serve.id().to_string()).status().unwrap();
+    terminate(&serve);
     let status = serve.wait().unwrap();
     assert!(status.success());
     let mut stderr = String::new();

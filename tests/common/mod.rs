@@ -361,6 +361,22 @@ pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
+/// One sample of a daemon's `/metrics`: the series `name` whose labels include every
+/// `labels` pair (in any order); `None` while nothing answers or the series is absent.
+pub fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
+    let (_, body) = http_get(port, "/metrics")?;
+    let series = format!("{name}{{");
+    body.lines()
+        .filter(|l| l.starts_with(&series) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
+}
+
+/// SIGTERM: the graceful stop a container runtime sends.
+pub fn terminate(child: &std::process::Child) {
+    let status = Command::new("kill").arg("-TERM").arg(child.id().to_string()).status().expect("kill");
+    assert!(status.success(), "kill -TERM {}", child.id());
+}
+
 pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     use std::io::Read;
     let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).ok()?;
