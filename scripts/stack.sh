@@ -6,6 +6,10 @@
 #   scripts/stack.sh down    stop both (data is kept)
 #   scripts/stack.sh status  say what runs
 #   scripts/stack.sh env     print the URLs the tests and the demo use
+#   scripts/stack.sh kafka-up|kafka-down   one broker (a private one with KAFKA_INSTANCE_DIR,
+#                                          KAFKA_PORT, CONTROLLER_PORT)
+#   scripts/stack.sh pg-instance-up|pg-instance-down   a private PostgreSQL in
+#                                          PG_INSTANCE_DIR on PG_INSTANCE_PORT
 #
 # Idempotent: `up` reuses whatever already answers. Everything of Kafka's lives under
 # $STACK_DIR (default target/stack); PostgreSQL is Debian's cluster, run as `postgres`.
@@ -89,6 +93,55 @@ CONF
 pg_down() {
   local v; v=$(pg_version)
   [ -n "$v" ] && as_root pg_ctlcluster "$v" main stop 2>/dev/null || true
+}
+
+# A private PostgreSQL instance (initdb into PG_INSTANCE_DIR, listening on PG_INSTANCE_PORT)
+# for tests that must stop the database: they never touch the shared cluster's data.
+PG_INSTANCE_DATA=${PG_INSTANCE_DIR:-}/data
+
+pg_instance_check() {
+  [ -n "${PG_INSTANCE_DIR:-}" ] && [ -n "${PG_INSTANCE_PORT:-}" ] || die "$1 needs PG_INSTANCE_DIR and PG_INSTANCE_PORT"
+}
+
+pg_instance_answers() { PGPASSWORD=$PG_PASSWORD psql -h 127.0.0.1 -p "$PG_INSTANCE_PORT" -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; }
+
+pg_instance_up() {
+  pg_instance_check pg-instance-up
+  command -v pg_ctlcluster >/dev/null && [ -n "$(pg_version)" ] || apt_install postgresql postgresql-client
+  local bin; bin=/usr/lib/postgresql/$(pg_version)/bin
+  if [ ! -f "$PG_INSTANCE_DATA/PG_VERSION" ]; then
+    # PostgreSQL runs as `postgres`, which must own the directory (a test's temp dir is root's).
+    mkdir -p "$PG_INSTANCE_DATA"
+    printf '%s\n' "$PG_PASSWORD" >"$PG_INSTANCE_DIR/pwfile"
+    as_root chown -R postgres: "$PG_INSTANCE_DIR"
+    as_postgres "$bin/initdb" -D "$PG_INSTANCE_DATA" -U postgres --pwfile="$PG_INSTANCE_DIR/pwfile" \
+      --auth-local=trust --auth-host=scram-sha-256 >"$PG_INSTANCE_DIR/initdb.log" 2>&1 \
+      || { cat "$PG_INSTANCE_DIR/initdb.log" >&2; die "initdb failed"; }
+    rm -f "$PG_INSTANCE_DIR/pwfile"
+    # A test box, like the shared cluster, except that commits are synchronous: the instance
+    # is stopped like a crash (immediate), and a commit the test counted must survive it.
+    as_postgres tee -a "$PG_INSTANCE_DATA/postgresql.conf" >/dev/null <<CONF
+listen_addresses = '127.0.0.1'
+port = $PG_INSTANCE_PORT
+unix_socket_directories = '$PG_INSTANCE_DIR'
+max_connections = 100
+fsync = off
+full_page_writes = off
+shared_buffers = 256MB
+CONF
+  fi
+  pg_instance_answers && { log "PostgreSQL already answers on $PG_INSTANCE_PORT"; return; }
+  as_postgres "$bin/pg_ctl" -D "$PG_INSTANCE_DATA" -l "$PG_INSTANCE_DIR/postgres.log" -w -t 120 start >&2 \
+    || { tail -n 30 "$PG_INSTANCE_DIR/postgres.log" >&2; die "the private PostgreSQL did not start"; }
+  wait_for "PostgreSQL on $PG_INSTANCE_PORT" 60 pg_instance_answers || die "the private PostgreSQL refuses TCP logins"
+}
+
+# Stopped like a crash (`-m immediate`): the next start runs crash recovery, which is what
+# a restart test wants, and nothing here is worth a clean shutdown.
+pg_instance_down() {
+  pg_instance_check pg-instance-down
+  [ -f "$PG_INSTANCE_DATA/postmaster.pid" ] || return 0
+  as_postgres "/usr/lib/postgresql/$(pg_version)/bin/pg_ctl" -D "$PG_INSTANCE_DATA" -m immediate -w stop >&2
 }
 
 # ---------------------------------------------------------------- Kafka
@@ -210,9 +263,11 @@ case "${1:-}" in
   down) kafka_down; pg_down; log "stopped" ;;
   kafka-up) kafka_up ;;
   kafka-down) kafka_down ;;
+  pg-instance-up) pg_instance_up ;;
+  pg-instance-down) pg_instance_down ;;
   status)
     pg_answers && log "PostgreSQL: up ($DATABASE_URL)" || log "PostgreSQL: down"
     kafka_pid >/dev/null && kafka_answers && log "Kafka: up ($BROKERS)" || log "Kafka: down" ;;
   env) print_env ;;
-  *) echo "usage: $0 up|down|status|env" >&2; exit 2 ;;
+  *) echo "usage: $0 up|down|status|env|kafka-up|kafka-down|pg-instance-up|pg-instance-down" >&2; exit 2 ;;
 esac
