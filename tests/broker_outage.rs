@@ -2,73 +2,21 @@
 //! down; when it is back, the run completes and nothing is missing.
 //!
 //! The test starts a private single-node broker of its own (same jars, its own ports and
-//! data directory), so stopping it disturbs no other test and does not depend on who
-//! started the shared broker on 9092.
+//! data directory: `common::PrivateServer`), so stopping it disturbs no other test and does
+//! not depend on who started the shared broker on 9092.
 
 mod common;
 
-use std::process::Command;
 use std::time::{Duration, Instant};
 
+use common::private::PrivateServer;
 use common::*;
-
-/// A broker this test owns, driven through `scripts/stack.sh kafka-up|kafka-down`.
-struct PrivateBroker {
-    dir: tempfile::TempDir,
-    port: u16,
-    controller_port: u16,
-}
-
-impl PrivateBroker {
-    fn start() -> Self {
-        let port = free_port();
-        let controller_port = std::iter::repeat_with(free_port).find(|p| *p != port).unwrap();
-        let broker = Self { dir: tempfile::tempdir().unwrap(), port, controller_port };
-        broker.stack("kafka-up");
-        broker
-    }
-
-    fn bootstrap(&self) -> String {
-        format!("127.0.0.1:{}", self.port)
-    }
-
-    /// The end of the broker's log (its directory goes away with the test).
-    fn log_tail(&self) -> String {
-        let log = std::fs::read_to_string(self.dir.path().join("logs/server.log")).unwrap_or_default();
-        let lines: Vec<&str> = log.lines().collect();
-        lines[lines.len().saturating_sub(40)..].join("\n")
-    }
-
-    fn stack(&self, action: &str) {
-        let status = self.command(action).status().expect("run stack.sh");
-        assert!(status.success(), "stack.sh {action} failed for the private broker; its log ends:\n{}", self.log_tail());
-    }
-
-    fn command(&self, action: &str) -> Command {
-        let mut command = Command::new("bash");
-        command
-            .arg(stack_script())
-            .arg(action)
-            .env("KAFKA_INSTANCE_DIR", self.dir.path())
-            .env("KAFKA_PORT", self.port.to_string())
-            .env("CONTROLLER_PORT", self.controller_port.to_string());
-        command
-    }
-}
-
-impl Drop for PrivateBroker {
-    /// Stops the broker however the test ends (no assertion: this may run while a
-    /// failed assertion unwinds).
-    fn drop(&mut self) {
-        let _ = self.command("kafka-down").status();
-    }
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn the_checkpoint_waits_for_the_broker_and_nothing_is_lost() {
     let (db, client) = TestDb::migrated().await;
     insert_orders(&client, 1, 60_000, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 ms'").await;
-    let broker = PrivateBroker::start();
+    let broker = PrivateServer::kafka();
     let topic = unique("outage");
     let mut p = Pipeline::new(&db.url, &topic);
     p.batch_size = 250;
@@ -77,7 +25,7 @@ async fn the_checkpoint_waits_for_the_broker_and_nothing_is_lost() {
     let mut daemon = setup.spawn(&["run", "--once"]);
     wait_until("the first commit", Duration::from_secs(60), || setup.checkpoint().is_some());
 
-    broker.stack("kafka-down");
+    broker.down();
     // Acknowledgements received just before the stop may still be committing; after that
     // the checkpoint must stand still for as long as the broker is away.
     wait_until("commits to settle", Duration::from_secs(10), || {
@@ -94,7 +42,7 @@ async fn the_checkpoint_waits_for_the_broker_and_nothing_is_lost() {
     }
     let frozen_position = frozen.unwrap()["position"].clone();
     assert!(!frozen_position["cutoff"].is_null(), "the run was interrupted mid-way: {frozen_position}");
-    broker.stack("kafka-up");
+    broker.up();
 
     let status = wait_for_exit(&mut daemon, Duration::from_secs(300), "the run did not complete after the broker came back", || setup.log());
     assert!(status.success(), "{}", setup.log());

@@ -291,6 +291,14 @@ pub fn read_topic_from(bootstrap: &str, topic: &str) -> Vec<Event> {
 /// Every event of a topic, as a consumer with this `isolation.level` sees it: reads each
 /// partition to its end (for `read_committed`, the end of the committed transactions).
 pub fn read_topic_as(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Event> {
+    let mut events = Vec::new();
+    scan_topic(bootstrap, topic, isolation, Duration::from_secs(120), |e| events.push(e));
+    events
+}
+
+/// `read_topic_as` one event at a time, each partition in offset order, for topics too
+/// large to hold in memory (the soak's millions of events).
+pub fn scan_topic(bootstrap: &str, topic: &str, isolation: &str, deadline: Duration, mut each: impl FnMut(Event)) {
     let consumer: BaseConsumer = ClientConfig::new()
         .set("bootstrap.servers", bootstrap)
         .set("group.id", unique("test"))
@@ -309,8 +317,7 @@ pub fn read_topic_as(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Event
     // Transactional topics end with control records no consumer is given, so the end is
     // librdkafka's end-of-partition event, not the last offset.
     let mut open: HashSet<i32> = partitions.into_iter().collect();
-    let mut events = Vec::new();
-    let end = Instant::now() + Duration::from_secs(120);
+    let end = Instant::now() + deadline;
     while !open.is_empty() {
         assert!(Instant::now() < end, "reading {topic} timed out; partitions left: {open:?}");
         let m = match consumer.poll(Duration::from_millis(500)) {
@@ -325,7 +332,7 @@ pub fn read_topic_as(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Event
             .headers()
             .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
             .unwrap_or_default();
-        events.push(Event {
+        each(Event {
             partition: m.partition(),
             offset: m.offset(),
             key: String::from_utf8(m.key().expect("a key").to_vec()).expect("UTF-8 key"),
@@ -333,7 +340,6 @@ pub fn read_topic_as(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Event
             headers,
         });
     }
-    events
 }
 
 /// The last event of each key (per-key order is partition order).
@@ -387,6 +393,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+pub mod private;
 pub mod proxy;
 pub mod server;
 
