@@ -73,6 +73,7 @@ struct Report {
     missing: u64,
     stale: u64,
     duplicates: u64,
+    duplicate_runs: u64,
     unknown_keys: u64,
     examples: Vec<String>,
     updates: UpdateStats,
@@ -103,7 +104,7 @@ impl Report {
             self.chaos.exits,
         );
         println!(
-            "soak {}: load {:.0}s, soak {:.0}s, drain {:.0}s, check {:.0}s",
+            "soak {}: servers up and orders loaded {:.0}s, soak {:.0}s, drain {:.0}s, check {:.0}s",
             s.delivery,
             self.load.as_secs_f64(),
             self.soak.as_secs_f64(),
@@ -111,12 +112,13 @@ impl Report {
             self.check.as_secs_f64()
         );
         println!(
-            "SOAK RESULT {} (read_committed): events {}, missing {}, stale {}, duplicates {}, total {:.0}s",
+            "SOAK RESULT {} (read_committed): events {}, missing {}, stale {}, duplicates {} (in {} runs), total {:.0}s",
             s.delivery,
             self.events,
             self.missing,
             self.stale,
             self.duplicates,
+            self.duplicate_runs,
             self.total.as_secs_f64()
         );
         for example in &self.examples {
@@ -173,6 +175,7 @@ async fn run(sizes: Sizes) -> Report {
     let mut report = Report {
         events: topic_state.events,
         duplicates: topic_state.duplicates,
+        duplicate_runs: topic_state.duplicate_runs,
         unknown_keys: topic_state.last.keys().filter(|k| !expected.contains_key(*k)).count() as u64,
         missing: 0,
         stale: 0,
@@ -405,18 +408,25 @@ struct TopicState {
     events: u64,
     /// Events equal (key and bytes) to an earlier one: the same version delivered again.
     duplicates: u64,
+    /// Runs of consecutive duplicates in a partition: a batch delivered again shows as one
+    /// long run, a version read twice by two polls as runs of one.
+    duplicate_runs: u64,
     last: HashMap<String, Last>,
 }
 
 impl TopicState {
     fn read(bootstrap: &str, topic: &str) -> Self {
-        let mut state = Self { events: 0, duplicates: 0, last: HashMap::new() };
+        let mut state = Self { events: 0, duplicates: 0, duplicate_runs: 0, last: HashMap::new() };
         let mut seen = HashSet::new();
+        let mut in_run: HashSet<i32> = HashSet::new();
         scan_topic(bootstrap, topic, "read_committed", Duration::from_secs(3600), |e| {
             state.events += 1;
             let value = e.value.as_deref().map(|v| digest(&[v]));
-            if !seen.insert(digest(&[e.key.as_bytes(), e.value.as_deref().unwrap_or_default()])) {
+            if seen.insert(digest(&[e.key.as_bytes(), e.value.as_deref().unwrap_or_default()])) {
+                in_run.remove(&e.partition);
+            } else {
                 state.duplicates += 1;
+                state.duplicate_runs += u64::from(in_run.insert(e.partition));
             }
             let newer = state.last.get(&e.key).is_none_or(|l| (e.partition, e.offset) > (l.partition, l.offset));
             if newer {
