@@ -177,9 +177,14 @@ pub struct PipelineConfig {
     /// How long a daemon waits between the starts of two runs once it has caught up.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Batches published but not yet acknowledged (the prefetch depth).
+    /// `at_least_once`: batches published and not yet committed (the prefetch depth).
     #[serde(default = "default_max_in_flight_batches")]
     pub max_in_flight_batches: usize,
+    /// `exactly_once`: batches per Kafka transaction; a transaction is committed sooner at
+    /// the end of a run and on shutdown. More batches per transaction cost fewer commits
+    /// and hold more events back from `read_committed` consumers until they commit.
+    #[serde(default = "default_batches_per_transaction")]
+    pub batches_per_transaction: usize,
     /// Partitions of the topic when order-cdc creates it (it never alters an existing one).
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -212,6 +217,9 @@ fn default_poll_interval() -> Duration {
     Duration::from_secs(5)
 }
 fn default_max_in_flight_batches() -> usize {
+    4
+}
+fn default_batches_per_transaction() -> usize {
     4
 }
 fn default_partitions() -> i32 {
@@ -432,6 +440,9 @@ impl Config {
             }
             if p.max_in_flight_batches == 0 {
                 return Err(invalid(key("max_in_flight_batches"), "must be at least 1"));
+            }
+            if p.batches_per_transaction == 0 {
+                return Err(invalid(key("batches_per_transaction"), "must be at least 1"));
             }
             if p.partitions < 1 {
                 return Err(invalid(key("partitions"), "must be at least 1"));

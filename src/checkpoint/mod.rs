@@ -5,6 +5,8 @@
 pub mod file;
 pub mod kafka;
 
+use std::future::Future;
+
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -99,14 +101,37 @@ pub fn store_for(config: &Config, pipeline: &PipelineConfig) -> Store {
     }
 }
 
-impl Store {
-    pub async fn load(&self, pipeline: &str) -> Result<Option<Checkpoint>, CheckpointError> {
+/// Where a pipeline reads its checkpoint back from, and where `at_least_once` commits it
+/// once a batch is acknowledged. A trait so that the pipeline core is tested with a store
+/// that fails on demand.
+pub trait CheckpointStore: Send + Sync {
+    /// The pipeline's newest checkpoint (`None` if it has none, or was reset).
+    fn load(&self, pipeline: &str) -> impl Future<Output = Result<Option<Checkpoint>, CheckpointError>> + Send;
+
+    /// Makes `cp` the pipeline's checkpoint, durably, before it returns.
+    fn commit(&self, cp: &Checkpoint) -> impl Future<Output = Result<(), CheckpointError>> + Send;
+}
+
+impl CheckpointStore for Store {
+    async fn load(&self, pipeline: &str) -> Result<Option<Checkpoint>, CheckpointError> {
         match self {
             Self::File(f) => f.load(pipeline),
             Self::Kafka(k) => k.load(pipeline).await,
         }
     }
 
+    async fn commit(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
+        match self {
+            Self::File(f) => {
+                let (writer, cp) = (f.clone(), cp.clone());
+                tokio::task::spawn_blocking(move || writer.commit(&cp)).await.expect("the checkpoint writer does not panic")
+            }
+            Self::Kafka(k) => k.write(&cp.pipeline, Some(cp)).await,
+        }
+    }
+}
+
+impl Store {
     /// Writes a checkpoint outside of any batch (`checkpoint set`).
     pub async fn write(&self, cp: &Checkpoint, replication_factor: i32) -> Result<(), CheckpointError> {
         match self {
@@ -134,7 +159,7 @@ impl Store {
 }
 
 /// Loads a pipeline's checkpoint and checks that it belongs to this source.
-pub async fn load_for(store: &Store, pipeline: &str, source_identity: &str) -> Result<Option<Checkpoint>, CheckpointError> {
+pub async fn load_for(store: &impl CheckpointStore, pipeline: &str, source_identity: &str) -> Result<Option<Checkpoint>, CheckpointError> {
     let Some(cp) = store.load(pipeline).await? else { return Ok(None) };
     if cp.fingerprint != fingerprint(source_identity) {
         return Err(CheckpointError::ForeignSource {
