@@ -3,6 +3,7 @@
 //! batch's delivery futures, after rust-rdkafka's at-least-once example. Under
 //! `exactly_once` it is transactional and commits each checkpoint inside the transaction.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -11,11 +12,8 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
-
-use std::borrow::Cow;
-
 use rdkafka::message::OwnedHeaders;
+use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
 use super::{Acknowledgement, Delivered, Sink, SinkError, TransactionalSink};
 use crate::checkpoint::{Checkpoint, KafkaStore};
@@ -27,6 +25,7 @@ const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a transactional call (init, commit, abort) may block.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// An rdkafka error as the sink error of that kind (the pipeline never sees rdkafka types).
 fn kafka_error(variant: fn(String) -> SinkError) -> impl Fn(KafkaError) -> SinkError {
     move |e| variant(e.to_string())
 }
@@ -290,4 +289,85 @@ async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, rep
         }
     }
     Ok(())
+}
+
+/// The Kafka sink on librdkafka's in-process mock cluster: acknowledgements, dead
+/// letters, refused deliveries and a transaction whose checkpoint the Kafka store reads back.
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::*;
+    use crate::checkpoint::CheckpointStore;
+    use crate::config::Envelope;
+
+    fn spec(mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, transactional: Option<Transactional>) -> PublisherSpec {
+        let properties = [("message.timeout.ms", "2000"), ("retry.backoff.ms", "20")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        mock.create_topic("orders", 3, 1).unwrap();
+        mock.create_topic("orders.dlq", 1, 1).unwrap();
+        PublisherSpec {
+            kafka: KafkaConfig { brokers: mock.bootstrap_servers(), properties },
+            format: EventFormat { envelope: Envelope::Binary, source: "test".into(), pipeline: "p".into() },
+            topic: "orders".into(),
+            dead_letter_topic: "orders.dlq".into(),
+            partitions: 3,
+            replication_factor: 1,
+            on_bad_record: OnBadRecord::DeadLetter,
+            transactional,
+        }
+    }
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                key: i.to_string(),
+                updated_at: DateTime::<Utc>::UNIX_EPOCH,
+                body: if i == 3 { RecordBody::Bad { reason: "no id".into(), raw: b"{}".to_vec() } } else { RecordBody::Document(format!("{{\"id\":{i}}}")) },
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_is_acknowledged_with_its_dead_letters() {
+        let mock = MockCluster::new(1).unwrap();
+        let sink = Publisher::connect(spec(&mock, None)).await.unwrap();
+        let delivered = sink.send(&records(10)).await.unwrap().await.unwrap();
+        assert_eq!(delivered, Delivered { events: 9, dead_lettered: 1 });
+        assert!(sink.needs_rebuild(None).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refused_delivery_fails_the_batch_and_asks_for_a_new_producer() {
+        let mock = MockCluster::new(1).unwrap();
+        let sink = Publisher::connect(spec(&mock, None)).await.unwrap();
+        mock.request_errors(RDKafkaApiKey::Produce, &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 10_000]);
+        let failed = sink.send(&records(5)).await.unwrap().await.unwrap_err();
+        assert!(failed.is_delivery() && failed.is_retriable(), "{failed}");
+        assert!(sink.needs_rebuild(Some(&failed)).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_transaction_commits_its_checkpoint_for_the_store_to_read_back() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("checkpoints", 1, 1).unwrap();
+        let transactional = Transactional { id: "order-cdc.p".into(), checkpoint_topic: "checkpoints".into() };
+        let spec = spec(&mock, Some(transactional));
+        let store = KafkaStore::new(spec.kafka.clone(), "checkpoints");
+        let sink = Publisher::connect(spec).await.unwrap();
+        sink.begin().unwrap();
+        let ack = sink.send(&records(4)).await.unwrap();
+        assert_eq!(ack.await.unwrap(), Delivered { events: 3, dead_lettered: 1 });
+        let cp = Checkpoint::new("p", "test", serde_json::json!({"at": 4}));
+        TransactionalSink::commit(&sink, &cp).await.unwrap();
+        assert_eq!(store.load("p").await.unwrap().map(|c| c.position), Some(cp.position));
+        // A transaction that is aborted leaves the committed checkpoint as it was.
+        sink.begin().unwrap();
+        sink.send(&records(2)).await.unwrap().await.unwrap();
+        sink.abort().await.unwrap();
+        sink.begin().unwrap();
+        TransactionalSink::commit(&sink, &Checkpoint::new("p", "test", serde_json::json!({"at": 6}))).await.unwrap();
+        assert_eq!(store.load("p").await.unwrap().map(|c| c.position), Some(serde_json::json!({"at": 6})));
+    }
 }
