@@ -300,7 +300,6 @@ mod tests {
     use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
 
     use super::*;
-    use crate::checkpoint::CheckpointStore;
     use crate::config::Envelope;
 
     fn spec(mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, transactional: Option<Transactional>) -> PublisherSpec {
