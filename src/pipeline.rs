@@ -19,7 +19,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use crate::backoff::Backoff;
-use crate::checkpoint::{self, Checkpoint, CheckpointError, FileStore, KafkaStore, Store};
+use crate::checkpoint::{self, Checkpoint, CheckpointError, KafkaStore, Store};
 use crate::config::OnBadRecord;
 use crate::metrics::{PipelineMetrics, PipelineState};
 use crate::shutdown::Shutdown;
@@ -75,7 +75,7 @@ pub struct Pipeline<S: Source> {
     pub source_identity: String,
     pub publisher: Publisher,
     pub publisher_spec: PublisherSpec,
-    /// A file for `at_least_once`, the Kafka topic for `exactly_once`.
+    /// A file or a PostgreSQL row for `at_least_once`, the Kafka topic for `exactly_once`.
     pub store: Store,
     pub settings: Settings,
     pub metrics: PipelineMetrics,
@@ -146,10 +146,10 @@ impl<S: Source> Pipeline<S> {
         self.source.restore(checkpoint.as_ref().map(|c| &c.position), self.settings.initial_since)?;
         let runs = Runs::new(&self.settings, &self.metrics, once, shutdown);
         match &self.store {
-            Store::File(file) => {
+            Store::File(_) | Store::Postgres(_) => {
                 let (tx, rx) = mpsc::channel::<InFlight>(self.settings.max_in_flight_batches);
                 let feed = feed(&mut self.source, &self.publisher, &self.metrics, tx, runs);
-                let commit = commit(file, &self.name, &self.source_identity, &self.metrics, rx);
+                let commit = commit(&self.store, &self.name, &self.source_identity, &self.metrics, rx);
                 tokio::pin!(feed, commit);
                 tokio::select! {
                     fed = &mut feed => {
@@ -362,7 +362,7 @@ async fn feed<S: Source>(
 }
 
 async fn commit(
-    store: &FileStore,
+    store: &Store,
     pipeline: &str,
     source_identity: &str,
     metrics: &PipelineMetrics,
@@ -387,9 +387,7 @@ async fn commit(
             }
             metrics.in_flight.dec();
         }
-        let cp = Checkpoint::new(pipeline, source_identity, batch.position);
-        let writer = store.clone();
-        tokio::task::spawn_blocking(move || writer.commit(&cp)).await.expect("checkpoint writer does not panic")?;
+        store.commit(&Checkpoint::new(pipeline, source_identity, batch.position)).await?;
         record_commit(metrics, 1, delivered, dead_lettered, batch.sent_at, batch.watermark);
     }
     Ok(())

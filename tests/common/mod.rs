@@ -118,11 +118,13 @@ pub struct Pipeline<'a> {
     pub brokers: Option<String>,
     /// Lines for `[kafka]`.
     pub kafka_extra: &'a str,
+    /// Lines for `[checkpoint]` (e.g. `store = "postgres"`).
+    pub checkpoint_extra: &'a str,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(db_url: &'a str, topic: &'a str) -> Self {
-        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "" }
+        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "", checkpoint_extra: "" }
     }
 
     /// A pipeline that polls an export API.
@@ -155,6 +157,7 @@ listen = "127.0.0.1:{port}"
 [checkpoint]
 dir = "{checkpoints}"
 topic = "{checkpoint_topic}"
+{checkpoint_extra}
 
 [pipelines.p]
 topic = "{topic}"
@@ -173,6 +176,7 @@ partitions = 3
             checkpoints = dir.path().join("checkpoints").display(),
             // Tests share the broker and all name their pipeline `p`.
             checkpoint_topic = unique("checkpoints"),
+            checkpoint_extra = p.checkpoint_extra,
             topic = p.topic,
             batch = p.batch_size,
             pipeline_extra = p.pipeline_extra,
