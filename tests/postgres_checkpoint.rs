@@ -12,7 +12,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use order_cdc::checkpoint::{self, Checkpoint, CheckpointError, PostgresStore, Store};
 use order_cdc::secret::SecretUrl;
-use rand::Rng;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -69,6 +68,20 @@ async fn upserts_loads_and_resets_one_row_per_pipeline() {
     assert!(!store.reset("p").await.unwrap());
     assert!(store.load("p").await.unwrap().is_none());
     assert!(store.load("q").await.unwrap().is_some(), "a reset deletes only its pipeline's row");
+    db.drop_db().await;
+}
+
+/// Pipelines starting together each find the missing table and create it at once: one
+/// creates it, the others wait and use it.
+#[tokio::test(flavor = "multi_thread")]
+async fn pipelines_starting_together_create_the_table_once() {
+    let db = TestDb::create().await;
+    let stores: Vec<PostgresStore> = (0..6).map(|_| store(&db, TABLE)).collect();
+    let loads = futures::future::join_all(stores.iter().map(|s| s.load("p"))).await;
+    for loaded in loads {
+        assert!(loaded.unwrap().is_none());
+    }
+    assert!(table_exists(&db.client().await, TABLE).await);
     db.drop_db().await;
 }
 
@@ -245,13 +258,8 @@ async fn a_pipeline_on_the_postgres_store_end_to_end() {
     let setup = Setup::new(&p);
     setup.run_once();
 
-    let events = read_topic(&topic);
-    let expected = export_documents(&client).await;
-    assert_eq!(events.len(), expected.len(), "each order once");
-    let latest = latest_by_key(&events);
-    for (id, doc) in &expected {
-        assert_eq!(latest[id].text(), doc);
-    }
+    let (events, duplicates) = assert_topic_matches(&topic, &export_documents(&client).await);
+    assert_eq!(duplicates, 0, "each order once");
     assert!(setup.checkpoint().is_none(), "no checkpoint file");
 
     // The row is in the source database, and `checkpoint show` prints it.
@@ -279,7 +287,7 @@ async fn a_pipeline_on_the_postgres_store_end_to_end() {
     let out = run_with_deadline(setup.command(&["run", "--once"]), Duration::from_secs(60));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(!out.status.success() && stderr.contains("another source"), "{stderr}");
-    assert_eq!(read_topic(&topic).len(), events.len() + 1_000, "nothing more published");
+    assert_eq!(read_topic(&topic).len(), events + 1_000, "nothing more published");
     db.drop_db().await;
 }
 
@@ -324,33 +332,13 @@ async fn kill_9_mid_run_loses_nothing() {
         })
     };
 
-    let mut kills = 0;
-    for _ in 0..5 {
-        let before = row();
-        let mut daemon = setup.spawn(&["run", "--once"]);
-        // Let it make progress (a new row), then kill it a random moment later.
-        wait_until("progress", Duration::from_secs(60), || row() != before || daemon.try_wait().unwrap().is_some());
-        std::thread::sleep(Duration::from_millis(rand::rng().random_range(0..400)));
-        if daemon.try_wait().unwrap().is_none() {
-            daemon.kill().unwrap(); // SIGKILL
-            kills += 1;
-        }
-        daemon.wait().unwrap();
-        row();
-    }
+    let kills = kill_9_rounds(&setup, 5, row);
     assert!(kills >= 3, "the run should have been killed mid-way at least 3 times, was {kills}");
     setup.run_once();
     assert!(row().expect("a checkpoint").position["cutoff"].is_null(), "the final run completed");
 
-    let events = read_topic(&topic);
-    let latest = latest_by_key(&events);
     let expected = export_documents(&client).await;
-    let missing: Vec<_> = expected.keys().filter(|k| !latest.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "{} orders missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    for (id, doc) in &expected {
-        assert_eq!(latest[id].text(), doc);
-    }
-    let duplicates = events.len() - expected.len();
-    println!("postgres store, kill -9 x{kills}: {} events for {} orders, {duplicates} duplicates, 0 missing", events.len(), expected.len());
+    let (events, duplicates) = assert_topic_matches(&topic, &expected);
+    println!("postgres store, kill -9 x{kills}: {events} events for {} orders, {duplicates} duplicates, 0 missing", expected.len());
     db.drop_db().await;
 }
