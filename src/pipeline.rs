@@ -225,14 +225,14 @@ impl<'a> Runs<'a> {
     }
 
     /// After a batch is handed over: whether to go on. At the end of a run, `--once` is
-    /// done once a run with a fresh cutoff has ended; otherwise the next run starts a poll
+    /// done once a run that covers the source's start has ended; otherwise the next run starts a poll
     /// interval after this one started.
-    async fn go_on(&mut self, ends_run: bool, fresh_run: bool) -> bool {
+    async fn go_on(&mut self, ends_run: bool, covers_start: bool) -> bool {
         if !ends_run {
             return true;
         }
         self.metrics.run_duration.observe(self.started.elapsed().as_secs_f64());
-        if self.once && fresh_run {
+        if self.once && covers_start {
             return false;
         }
         let next = self.started + self.settings.poll_interval;
@@ -289,7 +289,7 @@ async fn transact<S: Source>(
         } else {
             open = Some(txn);
         }
-        if !runs.go_on(batch.ends_run, batch.fresh_run).await {
+        if !runs.go_on(batch.ends_run, batch.covers_start).await {
             break;
         }
     }
@@ -349,12 +349,12 @@ async fn feed<S: Source>(
         let sent_at = Instant::now();
         let pending = publisher.send_batch(&batch.records).await?;
         metrics.in_flight.add(pending.len() as i64);
-        let (ends_run, fresh_run) = (batch.ends_run, batch.fresh_run);
+        let (ends_run, covers_start) = (batch.ends_run, batch.covers_start);
         let in_flight = InFlight { pending, position: batch.position, watermark: batch.watermark, sent_at };
         if tx.send(in_flight).await.is_err() {
             return Ok(()); // the committer stopped; it reports why
         }
-        if !runs.go_on(ends_run, fresh_run).await {
+        if !runs.go_on(ends_run, covers_start).await {
             return Ok(());
         }
     }
