@@ -362,6 +362,11 @@ pub struct PostgresSourceConfig {
     /// beyond it the run goes on (with a warning) and that transaction's rows may be late.
     #[serde(default = "default_cutoff_max_hold", with = "humantime_serde")]
     pub cutoff_max_hold: Duration,
+    /// `run --once`: the longest it waits for the cutoff to reach the command's start
+    /// (for the guard's margin, `cutoff_lag`, or an open transaction that holds it), after
+    /// which it finishes with a warning naming what held it.
+    #[serde(default = "default_once_max_wait", with = "humantime_serde")]
+    pub once_max_wait: Duration,
     /// Pages whose documents PostgreSQL builds at once, each on its own connection (the
     /// key walk has one more). Documents are where the database spends its time.
     #[serde(default = "default_parallelism")]
@@ -386,6 +391,9 @@ fn default_cutoff_lag() -> Duration {
 }
 fn default_cutoff_max_hold() -> Duration {
     Duration::from_secs(15 * 60)
+}
+fn default_once_max_wait() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_parallelism() -> usize {
     3

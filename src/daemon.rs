@@ -40,7 +40,7 @@ pub async fn run(config: Config, names: &[String], once: bool) -> Result<(), Run
         metrics.health().set(name, PipelineState::Starting);
         // Start-up problems (unreachable database or broker, missing table) stop the
         // process here, before anything is published.
-        let task = build(&config, name, pipeline, &metrics)
+        let task = build(&config, name, pipeline, &metrics, once)
             .await
             .map_err(|source| RunError::Pipeline { pipeline: name.to_string(), source })?;
         let shutdown = shutdown.clone();
@@ -104,13 +104,14 @@ async fn build(
     name: &str,
     p: &PipelineConfig,
     metrics: &Arc<Metrics>,
+    once: bool,
 ) -> Result<Pipeline<ConfiguredSource, Publisher, Store>, PipelineError> {
     let identity = source::identity(&p.source);
     let initial_since = p.initial_since.as_deref().map(timestamp::parse).transpose().expect("validated").unwrap_or_else(timestamp::epoch);
     let pipeline_metrics = metrics.pipeline(name);
     let source = match &p.source {
         SourceConfig::Postgres(cfg) => {
-            ConfiguredSource::Postgres(PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone()).await?)
+            ConfiguredSource::Postgres(PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone(), once).await?)
         }
         SourceConfig::ExportApi(cfg) => ConfiguredSource::ExportApi(ExportApiSource::open(cfg.clone(), pipeline_metrics.clone())?),
     };

@@ -58,12 +58,12 @@ async fn feed<S: Source, K: Sink>(source: &mut S, sink: &K, target: Target<'_>, 
         let mut in_flight = InFlight::new(&target.metrics.in_flight);
         in_flight.add(batch.records.len());
         let ack = sink.send(&batch.records).await?;
-        let (ends_run, fresh_run) = (batch.ends_run, batch.fresh_run);
+        let (ends_run, covers_start) = (batch.ends_run, batch.covers_start);
         let sent = Sent { ack, position: batch.position, watermark: batch.watermark, sent_at, in_flight };
         if tx.send(sent).await.is_err() {
             return Ok(()); // the committer stopped; it reports why
         }
-        if !runs.go_on(ends_run, fresh_run).await {
+        if !runs.go_on(ends_run, covers_start).await {
             return Ok(());
         }
     }

@@ -50,7 +50,7 @@ async fn transact<S: Source, K: TransactionalSink>(
         if batch.ends_run || txn.acks.len() >= runs.settings.batches_per_transaction {
             open.take().expect("a transaction is open").commit(sink, target).await?;
         }
-        if !runs.go_on(batch.ends_run, batch.fresh_run).await {
+        if !runs.go_on(batch.ends_run, batch.covers_start).await {
             break;
         }
     }

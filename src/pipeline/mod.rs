@@ -92,8 +92,8 @@ pub struct Pipeline<S, K, C> {
 }
 
 impl<S: Source, K: TransactionalSink, C: CheckpointStore> Pipeline<S, K, C> {
-    /// Runs until shutdown, a permanent error, or (`once`) the end of a run with a fresh
-    /// cutoff.
+    /// Runs until shutdown, a permanent error, or (`once`) the end of a run that covers
+    /// every change committed before the source started.
     pub async fn run(mut self, once: bool, mut shutdown: Shutdown) -> Result<(), PipelineError> {
         let mut backoff = Backoff::default();
         self.metrics.set_state(PipelineState::Running);

@@ -61,14 +61,14 @@ impl<'a> Runs<'a> {
     }
 
     /// After a batch is handed over: whether to go on. At the end of a run, `--once` is
-    /// done once a run with a fresh cutoff has ended; otherwise the next run starts a poll
+    /// done once a run that covers the source's start has ended; otherwise the next run starts a poll
     /// interval after this one started.
-    pub(super) async fn go_on(&mut self, ends_run: bool, fresh_run: bool) -> bool {
+    pub(super) async fn go_on(&mut self, ends_run: bool, covers_start: bool) -> bool {
         if !ends_run {
             return true;
         }
         self.metrics.run_duration.observe(self.started.elapsed().as_secs_f64());
-        if self.once && fresh_run {
+        if self.once && covers_start {
             return false;
         }
         let next = self.started + self.settings.poll_interval;

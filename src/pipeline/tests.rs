@@ -121,7 +121,7 @@ impl Source for FakeSource {
         };
         let records = (self.next..end).map(|i| Record { key: i.to_string(), updated_at: DateTime::from_timestamp(i as i64, 0).unwrap(), body: body(i) }).collect();
         self.next = end;
-        Ok(Batch { records, position: serde_json::json!(end), ends_run: end == total, fresh_run: true, cutoff_holdback: None, watermark: None })
+        Ok(Batch { records, position: serde_json::json!(end), ends_run: end == total, covers_start: true, cutoff_holdback: None, watermark: None })
     }
 }
 

@@ -140,7 +140,9 @@ pub struct ExportApiSource {
     endpoint: String,
     client: Client,
     read: Position,
-    fresh_run: bool,
+    /// The current run was started by this process: its cutoff, the API's clock at its
+    /// first request, comes after every change committed before the source started.
+    covers_start: bool,
     /// The next page's request, started as soon as its cursor was known.
     prefetch: Option<Prefetch>,
 }
@@ -232,7 +234,7 @@ impl ExportApiSource {
         // Not the URL itself in the message: it may hold credentials.
         url::Url::parse(&endpoint).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
         let client = Client { http, token: cfg.token.clone(), max_response_bytes: cfg.max_response_bytes, metrics };
-        Ok(Self { cfg, endpoint, client, read: Position::at(timestamp::epoch()), fresh_run: false, prefetch: None })
+        Ok(Self { cfg, endpoint, client, read: Position::at(timestamp::epoch()), covers_start: false, prefetch: None })
     }
 
     /// The request for the read position. As seed 000 shows it: a run starts with `since`
@@ -297,7 +299,7 @@ impl ExportApiSource {
             (None, None) => return Err(http_error(Some(200), "the first page of a run has no meta.cutoff, so the next run cannot start safely".into(), false)),
         };
         if continuing.is_none() {
-            self.fresh_run = true;
+            self.covers_start = true;
         }
         let fields = HeadFields { id: &self.cfg.id_field, updated_at: &self.cfg.updated_at_field };
         let records: Vec<Record> = data.iter().map(|raw| record(raw, &fields)).collect();
@@ -319,7 +321,7 @@ impl ExportApiSource {
             records,
             position: serde_json::to_value(&self.read).expect("a position serialises"),
             ends_run,
-            fresh_run: self.fresh_run,
+            covers_start: self.covers_start,
             cutoff_holdback: None,
             watermark,
         })
@@ -400,7 +402,7 @@ fn excerpt(body: &[u8]) -> String {
 impl Source for ExportApiSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         self.read = super::read_position(position, || Position::at(since), "an export API", Position::VERSION, |p| p.v)?;
-        self.fresh_run = false;
+        self.covers_start = false;
         self.prefetch = None;
         Ok(())
     }

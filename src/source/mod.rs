@@ -39,9 +39,9 @@ pub struct Batch {
     pub position: serde_json::Value,
     /// This batch ends a run: every change below the run's cutoff has been read.
     pub ends_run: bool,
-    /// The run was started by this process (its cutoff is fresh), so `--once` may stop
-    /// after it.
-    pub fresh_run: bool,
+    /// This run's window holds every change committed before this source started, so
+    /// `run --once` stops after it.
+    pub covers_start: bool,
     /// How far the run's cutoff sits below the database clock, when this batch started a run.
     pub cutoff_holdback: Option<std::time::Duration>,
     /// Every change before this instant has been read once this batch is committed (the

@@ -317,27 +317,79 @@ pub fn read_topic_as(bootstrap: &str, topic: &str, isolation: &str) -> Vec<Event
     let end = Instant::now() + Duration::from_secs(120);
     while !open.is_empty() {
         assert!(Instant::now() < end, "reading {topic} timed out; partitions left: {open:?}");
-        let m = match consumer.poll(Duration::from_millis(500)) {
+        match consumer.poll(Duration::from_millis(500)) {
             None => continue,
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
-                continue;
             }
-            Some(other) => other.expect("consume"),
-        };
-        let headers = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
-            .unwrap_or_default();
-        events.push(Event {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: String::from_utf8(m.key().expect("a key").to_vec()).expect("UTF-8 key"),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers,
-        });
+            Some(other) => events.push(event(&other.expect("consume"))),
+        }
     }
     events
+}
+
+fn event(m: &rdkafka::message::BorrowedMessage) -> Event {
+    let headers = m
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+        .unwrap_or_default();
+    Event {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: String::from_utf8(m.key().expect("a key").to_vec()).expect("UTF-8 key"),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// Reads a topic (of the local broker, not transactional) as it grows: each `read_new`
+/// returns the events added since the last call, up to the end the topic had when it was
+/// called. One consumer for many reads, where `read_topic` would start over each time.
+pub struct TopicTail {
+    consumer: BaseConsumer,
+    topic: String,
+    /// Each partition's next offset to read.
+    next: HashMap<i32, i64>,
+}
+
+impl TopicTail {
+    /// From the beginning of a topic that exists.
+    pub fn new(topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("test"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let mut assignment = TopicPartitionList::new();
+        let mut next = HashMap::new();
+        for p in metadata.topics()[0].partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            next.insert(p.id(), 0);
+        }
+        consumer.assign(&assignment).expect("assign");
+        Self { consumer, topic: topic.to_string(), next }
+    }
+
+    pub fn read_new(&mut self) -> Vec<Event> {
+        let mut ends = HashMap::new();
+        for &p in self.next.keys() {
+            let (_, high) = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.insert(p, high);
+        }
+        let mut events = Vec::new();
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.next.iter().any(|(p, next)| *next < ends[p]) {
+            assert!(Instant::now() < end, "reading {} timed out", self.topic);
+            if let Some(m) = self.consumer.poll(Duration::from_millis(200)) {
+                let e = event(&m.expect("consume"));
+                self.next.insert(e.partition, e.offset + 1);
+                events.push(e);
+            }
+        }
+        events
+    }
 }
 
 /// The last event of each key (per-key order is partition order).
