@@ -57,7 +57,7 @@ async fn bench(config_path: std::path::PathBuf) {
     for _ in 0..ROUNDS {
         let metrics = Metrics::new().pipeline(name);
         let started = Instant::now();
-        let mut source = PostgresSource::open(source_cfg.clone(), name, pipeline.batch_size, metrics).await.expect("source");
+        let mut source = PostgresSource::open(source_cfg.clone(), name, pipeline.batch_size, metrics, false).await.expect("source");
         source.restore(None, order_cdc::timestamp::epoch()).unwrap();
         let mut docs = Vec::new();
         loop {

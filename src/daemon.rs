@@ -9,7 +9,7 @@ use crate::event::EventFormat;
 use crate::metrics::{self, Metrics, PipelineState};
 use crate::pipeline::{Pipeline, PipelineError, Settings};
 use crate::shutdown;
-use crate::sink::kafka::{Publisher, PublisherSpec};
+use crate::sink::kafka::{Publisher, PublisherSpec, Transactional};
 use crate::source::export_api::ExportApiSource;
 use crate::source::postgres::PostgresSource;
 use crate::source::{self, ConfiguredSource};
@@ -40,7 +40,7 @@ pub async fn run(config: Config, names: &[String], once: bool) -> Result<(), Run
         metrics.health().set(name, PipelineState::Starting);
         // Start-up problems (unreachable database or broker, missing table) stop the
         // process here, before anything is published.
-        let task = build(&config, name, pipeline, &metrics)
+        let task = build(&config, name, pipeline, &metrics, once)
             .await
             .map_err(|source| RunError::Pipeline { pipeline: name.to_string(), source })?;
         let shutdown = shutdown.clone();
@@ -104,17 +104,25 @@ async fn build(
     name: &str,
     p: &PipelineConfig,
     metrics: &Arc<Metrics>,
-) -> Result<Pipeline<ConfiguredSource>, PipelineError> {
+    once: bool,
+) -> Result<Pipeline<ConfiguredSource, Publisher, Store>, PipelineError> {
     let identity = source::identity(&p.source);
     let initial_since = p.initial_since.as_deref().map(timestamp::parse).transpose().expect("validated").unwrap_or_else(timestamp::epoch);
     let pipeline_metrics = metrics.pipeline(name);
     let source = match &p.source {
         SourceConfig::Postgres(cfg) => {
-            ConfiguredSource::Postgres(PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone()).await?)
+            ConfiguredSource::Postgres(PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone(), once).await?)
         }
         SourceConfig::ExportApi(cfg) => ConfiguredSource::ExportApi(ExportApiSource::open(cfg.clone(), pipeline_metrics.clone())?),
     };
     let store = checkpoint::store_for(config, p);
+    let transactional = match &store {
+        Store::Kafka(kafka_store) if p.delivery == Delivery::ExactlyOnce => {
+            kafka_store.ensure_topic(p.replication_factor).await?;
+            Some(Transactional { id: p.transactional_id(name), checkpoint_topic: kafka_store.topic().to_string() })
+        }
+        _ => None,
+    };
     let spec = PublisherSpec {
         kafka: config.kafka.clone(),
         format: EventFormat { envelope: p.envelope, source: p.event_source.clone().unwrap_or_else(|| identity.clone()), pipeline: name.to_string() },
@@ -123,26 +131,24 @@ async fn build(
         partitions: p.partitions,
         replication_factor: p.replication_factor,
         on_bad_record: p.on_bad_record,
-        transactional_id: (p.delivery == Delivery::ExactlyOnce).then(|| p.transactional_id(name)),
+        transactional,
     };
-    if let Store::Kafka(kafka_store) = &store {
-        kafka_store.ensure_topic(p.replication_factor).await?;
-    }
     // A transactional producer must be initialised (aborting what an earlier run left
     // open) before the Kafka store can be read.
-    let publisher = Publisher::connect(&spec).await?;
+    let sink = Publisher::connect(spec).await?;
     // A checkpoint of another source is refused before anything is published.
     checkpoint::load_for(&store, name, &identity).await?;
     Ok(Pipeline {
         name: name.to_string(),
         source,
         source_identity: identity,
-        publisher,
-        publisher_spec: spec,
+        sink,
         store,
         settings: Settings {
+            delivery: p.delivery,
             poll_interval: p.poll_interval,
             max_in_flight_batches: p.max_in_flight_batches,
+            batches_per_transaction: p.batches_per_transaction,
             on_bad_record: p.on_bad_record,
             initial_since,
         },

@@ -140,8 +140,9 @@ pub struct ExportApiSource {
     endpoint: String,
     client: Client,
     read: Position,
-    fresh_run: bool,
-    metrics: PipelineMetrics,
+    /// The current run was started by this process: its cutoff, the API's clock at its
+    /// first request, comes after every change committed before the source started.
+    covers_start: bool,
     /// The next page's request, started as soon as its cursor was known.
     prefetch: Option<Prefetch>,
 }
@@ -232,8 +233,8 @@ impl ExportApiSource {
         let endpoint = identity(&cfg);
         // Not the URL itself in the message: it may hold credentials.
         url::Url::parse(&endpoint).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
-        let client = Client { http, token: cfg.token.clone(), max_response_bytes: cfg.max_response_bytes, metrics: metrics.clone() };
-        Ok(Self { cfg, endpoint, client, read: Position::at(timestamp::epoch()), fresh_run: false, metrics, prefetch: None })
+        let client = Client { http, token: cfg.token.clone(), max_response_bytes: cfg.max_response_bytes, metrics };
+        Ok(Self { cfg, endpoint, client, read: Position::at(timestamp::epoch()), covers_start: false, prefetch: None })
     }
 
     /// The request for the read position. As seed 000 shows it: a run starts with `since`
@@ -275,11 +276,10 @@ impl ExportApiSource {
                 // The cursor was refused (expired, signed by a key that rotated away...):
                 // start the run again from its since. Duplicates, never loss.
                 let detail = body.map(|b| excerpt(&b)).unwrap_or_default();
-                self.metrics.error("cursor_refused");
                 tracing::warn!(status = s.as_u16(), detail = %detail, since = %self.read.since, "the API refused the cursor; restarting the run from its since");
                 self.read.cursor = None;
                 self.read.cutoff = None;
-                return Err(http_error(Some(s.as_u16()), format!("cursor refused ({s}): {detail}"), true));
+                return Err(SourceError::CursorRefused { status: s.as_u16(), detail });
             }
             s => {
                 let detail = body.map(|b| excerpt(&b)).unwrap_or_default();
@@ -299,7 +299,7 @@ impl ExportApiSource {
             (None, None) => return Err(http_error(Some(200), "the first page of a run has no meta.cutoff, so the next run cannot start safely".into(), false)),
         };
         if continuing.is_none() {
-            self.fresh_run = true;
+            self.covers_start = true;
         }
         let fields = HeadFields { id: &self.cfg.id_field, updated_at: &self.cfg.updated_at_field };
         let records: Vec<Record> = data.iter().map(|raw| record(raw, &fields)).collect();
@@ -321,7 +321,7 @@ impl ExportApiSource {
             records,
             position: serde_json::to_value(&self.read).expect("a position serialises"),
             ends_run,
-            fresh_run: self.fresh_run,
+            covers_start: self.covers_start,
             cutoff_holdback: None,
             watermark,
         })
@@ -402,7 +402,7 @@ fn excerpt(body: &[u8]) -> String {
 impl Source for ExportApiSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         self.read = super::read_position(position, || Position::at(since), "an export API", Position::VERSION, |p| p.v)?;
-        self.fresh_run = false;
+        self.covers_start = false;
         self.prefetch = None;
         Ok(())
     }

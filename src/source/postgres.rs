@@ -20,7 +20,7 @@ use tokio_postgres::{Client, Row, Statement};
 use super::{Batch, Record, RecordBody, Source, SourceError};
 use crate::config::{CutoffKind, PostgresSourceConfig};
 use crate::metrics::PipelineMetrics;
-use crate::store::cutoff::{self, CutoffMode};
+use crate::store::cutoff::{self, CutoffMode, HoldLog};
 use crate::store::{self, document, StoreError};
 
 /// The position of a Postgres pipeline, as it is checkpointed.
@@ -98,7 +98,7 @@ struct Connections {
 struct PendingPage {
     position: Position,
     ends_run: bool,
-    fresh_run: bool,
+    covers_start: bool,
     holdback: Option<Duration>,
     watermark: Option<DateTime<Utc>>,
     documents: Option<JoinHandle<Result<Vec<Record>, SourceError>>>,
@@ -121,27 +121,49 @@ pub struct PostgresSource {
     keys: Position,
     /// The position after the last batch handed to the pipeline.
     handed: Position,
-    fresh_run: bool,
+    /// Runs wait until they cover the start (`run --once`).
+    once: bool,
+    /// The database clock when the source opened: `--once` delivers every change
+    /// committed before it.
+    start: DateTime<Utc>,
+    /// The least cutoff that covers `start` (see `cutoff::covering`).
+    covering: DateTime<Utc>,
+    /// `once_max_wait` has passed: runs count as covering without it.
+    released: bool,
+    holds: HoldLog,
     in_flight: VecDeque<PendingPage>,
     metrics: PipelineMetrics,
 }
 
+/// How often `--once` looks again at a transaction that holds its cutoff back.
+const HOLD_POLL: Duration = Duration::from_millis(50);
+
 impl PostgresSource {
     /// Connects and checks the table, so a bad URL, table or expression fails start-up.
-    pub async fn open(cfg: PostgresSourceConfig, pipeline: &str, batch_size: usize, metrics: PipelineMetrics) -> Result<Self, SourceError> {
-        let start = Position::at(crate::timestamp::epoch());
+    /// With `once` (`run --once`) its runs wait, bounded by `once_max_wait`, until their
+    /// window holds every change committed before now.
+    pub async fn open(cfg: PostgresSourceConfig, pipeline: &str, batch_size: usize, metrics: PipelineMetrics, once: bool) -> Result<Self, SourceError> {
+        let position = Position::at(crate::timestamp::epoch());
+        let epoch = crate::timestamp::epoch();
         let mut source = Self {
             cfg,
             pipeline: pipeline.to_string(),
             batch_size: batch_size as i64,
             conn: None,
-            keys: start.clone(),
-            handed: start,
-            fresh_run: false,
+            keys: position.clone(),
+            handed: position,
+            once,
+            start: epoch,
+            covering: epoch,
+            released: false,
+            holds: HoldLog::default(),
             in_flight: VecDeque::new(),
             metrics,
         };
         source.connect(true).await?;
+        let conn = source.conn.as_ref().expect("connected above");
+        source.start = cutoff::clock(&conn.keys).await.map_err(store_error)?;
+        source.covering = cutoff::covering(source.start, conn.precision);
         Ok(source)
     }
 
@@ -332,18 +354,15 @@ impl PostgresSource {
         let limit = self.batch_size;
         let mut holdback = None;
         if self.keys.cutoff.is_none() {
-            let conn = self.connections().await?;
-            let c = cutoff::cutoff(&conn.keys, conn.mode).await.map_err(store_error)?;
-            let at = c.at.trunc_subsecs(conn.precision);
-            // A cutoff held below `since` (a long transaction, clock skew) makes an empty
-            // window; `since` never moves backwards.
-            self.keys.cutoff = Some(at.max(self.keys.since));
+            let (at, held) = self.fresh_cutoff().await?;
+            self.keys.cutoff = Some(at);
             self.keys.after = None;
-            self.fresh_run = true;
-            holdback = Some(c.holdback);
+            holdback = Some(held);
         }
         let since = self.keys.since;
         let cutoff = self.keys.cutoff.expect("set above");
+        // A run resumed from a checkpoint of an earlier process has that process's cutoff.
+        let covers_start = self.released || cutoff >= self.covering;
         let after = self.keys.after.clone();
         let metrics = self.metrics.clone();
         let conn = self.connections().await?;
@@ -371,7 +390,69 @@ impl PostgresSource {
             Some((id, at)) if !ends_run => Position { after: Some((*at, id.clone())), ..self.keys.clone() },
             _ => Position::at(cutoff),
         };
-        Ok(PendingPage { position: self.keys.clone(), ends_run, fresh_run: self.fresh_run, holdback, watermark, documents })
+        Ok(PendingPage { position: self.keys.clone(), ends_run, covers_start, holdback, watermark, documents })
+    }
+
+    /// A fresh cutoff for the next run (never below `since`) and how far it sits below the
+    /// database clock. Under `--once` it waits on the database clock until the cutoff
+    /// covers the source's start, for at most `once_max_wait` from that start: the guard's
+    /// margin (or `cutoff_lag`) is waited out in one step, an open transaction that holds
+    /// the cutoff is looked at again every `HOLD_POLL` until it ends.
+    async fn fresh_cutoff(&mut self) -> Result<(DateTime<Utc>, Duration), SourceError> {
+        let max_wait = chrono::Duration::from_std(self.cfg.once_max_wait).ok();
+        let deadline = max_wait.and_then(|w| self.start.checked_add_signed(w)).unwrap_or(DateTime::<Utc>::MAX_UTC);
+        let mut announced = false;
+        loop {
+            let conn = self.connections().await?;
+            let c = cutoff::cutoff(&conn.keys, conn.mode).await.map_err(store_error)?;
+            // A cutoff held below `since` (a long transaction, clock skew) makes an empty
+            // window; `since` never moves backwards.
+            let at = c.at.trunc_subsecs(conn.precision).max(self.keys.since);
+            self.holds.observe(&self.pipeline, &c);
+            if !self.once || self.released || at >= self.covering {
+                return Ok((at, c.holdback));
+            }
+            if c.clock >= deadline {
+                self.released = true;
+                match self.holds.holder(c.clock) {
+                    Some((txn, held_for)) => tracing::warn!(
+                        pipeline = %self.pipeline,
+                        pid = txn.pid,
+                        age = ?txn.age(c.clock),
+                        held_for = ?held_for,
+                        once_max_wait = ?self.cfg.once_max_wait,
+                        "run --once finishes while an open transaction still holds the cutoff below the command's start: \
+                         changes committed since that transaction began come with the next run"
+                    ),
+                    None => tracing::warn!(
+                        pipeline = %self.pipeline,
+                        holdback = ?c.holdback,
+                        once_max_wait = ?self.cfg.once_max_wait,
+                        "run --once finishes before the cutoff reached the command's start (cutoff_lag is longer than once_max_wait): \
+                         the latest changes come with the next run"
+                    ),
+                }
+                return Ok((at, c.holdback));
+            }
+            let wait = match c.held_by {
+                Some(txn) => {
+                    if !announced {
+                        tracing::info!(
+                            pipeline = %self.pipeline,
+                            pid = txn.pid,
+                            age = ?txn.age(c.clock),
+                            "run --once waits for an open transaction that holds the cutoff below the command's start"
+                        );
+                        announced = true;
+                    }
+                    HOLD_POLL
+                }
+                // Only the clock holds it: the cutoff covers the start once the clock has
+                // moved this much further.
+                None => (self.covering - c.at).to_std().unwrap_or_default(),
+            };
+            tokio::time::sleep(wait.min((deadline - c.clock).to_std().unwrap_or_default())).await;
+        }
     }
 
     async fn hand_over(&mut self) -> Result<Batch, SourceError> {
@@ -386,7 +467,7 @@ impl PostgresSource {
             records,
             position: serde_json::to_value(&page.position).expect("a position serialises"),
             ends_run: page.ends_run,
-            fresh_run: page.fresh_run,
+            covers_start: page.covers_start,
             cutoff_holdback: page.holdback,
             watermark: page.watermark,
         })
@@ -453,7 +534,6 @@ impl Source for PostgresSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         self.handed = super::read_position(position, || Position::at(since), "a Postgres", Position::VERSION, |p| p.v)?;
         self.abandon(false);
-        self.fresh_run = false;
         Ok(())
     }
 

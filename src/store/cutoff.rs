@@ -33,6 +33,53 @@ pub enum CutoffMode {
 pub struct Cutoff {
     pub at: DateTime<Utc>,
     pub holdback: Duration,
+    /// The database clock it was taken at.
+    pub clock: DateTime<Utc>,
+    /// The open transaction that holds it back further than the margin, if one does.
+    pub held_by: Option<OpenTransaction>,
+}
+
+/// An open transaction, as operators find it in `pg_stat_activity`: its backend's pid and
+/// when it began. Never its query, which may hold anything.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct OpenTransaction {
+    pub pid: i32,
+    pub started: DateTime<Utc>,
+}
+
+impl OpenTransaction {
+    /// How long it has been open at `clock`, to the millisecond (for logs).
+    pub fn age(&self, clock: DateTime<Utc>) -> Duration {
+        millis(clock - self.started)
+    }
+}
+
+/// A span of the database clock, to the millisecond, for logs (never negative).
+pub fn millis(span: chrono::Duration) -> Duration {
+    Duration::from_millis(span.num_milliseconds().max(0) as u64)
+}
+
+/// The database clock.
+pub async fn clock(client: &Client) -> Result<DateTime<Utc>, StoreError> {
+    Ok(client
+        .query_one("SELECT clock_timestamp()", &[])
+        .await
+        .map_err(StoreError::db("reading the database clock"))?
+        .get(0))
+}
+
+/// The least cutoff whose window holds every row committed before `start`, for a column
+/// that keeps `precision` fractional digits (cutoffs are truncated to them).
+///
+/// A row committed before `start` has `updated_at` (its transaction's start) before it;
+/// a `timestamp(p)` column rounds that value half up, so it can land on the unit that
+/// holds `start` or the next one. The window ends below its cutoff, so the cutoff must
+/// pass the largest such value.
+pub fn covering(start: DateTime<Utc>, precision: u16) -> DateTime<Utc> {
+    let unit = 10i64.pow(6 - u32::from(precision.min(6)));
+    let latest = start.timestamp_micros() - 1;
+    let rounded = (latest + unit / 2).div_euclid(unit) * unit;
+    DateTime::from_timestamp_micros(rounded + unit).unwrap_or(start)
 }
 
 /// Whether this role sees other sessions' `xact_start`: superusers and members of
@@ -54,45 +101,123 @@ pub async fn cutoff(client: &Client, mode: CutoffMode) -> Result<Cutoff, StoreEr
     // The clock is read first, in its own statement (its own snapshot): any transaction
     // that started before this instant is either still open, and so in the activity view
     // read next, or committed.
-    let clock: DateTime<Utc> = client
-        .query_one("SELECT clock_timestamp()", &[])
-        .await
-        .map_err(StoreError::db("reading the database clock"))?
-        .get(0);
+    let clock = clock(client).await?;
     let held = |by: chrono::Duration| by.to_std().unwrap_or_default();
     match mode {
         CutoffMode::Lag(lag) => {
             let at = clock - chrono::Duration::from_std(lag).unwrap_or_default();
-            Ok(Cutoff { at, holdback: lag })
+            Ok(Cutoff { at, holdback: lag, clock, held_by: None })
         }
         CutoffMode::Xact { max_hold } => {
-            let oldest: Option<DateTime<Utc>> = client
-                .query_one(
-                    "SELECT min(xact_start) FROM pg_stat_activity
+            // The pid comes along so that a hold can be traced to its session; the
+            // ordering is as cheap as min() on the handful of rows the view has.
+            let oldest = client
+                .query_opt(
+                    "SELECT pid, xact_start FROM pg_stat_activity
                       WHERE datname = current_database()
                         AND pid <> pg_backend_pid()
                         AND backend_type = 'client backend'
-                        AND xact_start IS NOT NULL",
+                        AND xact_start IS NOT NULL
+                      ORDER BY xact_start LIMIT 1",
                     &[],
                 )
                 .await
                 .map_err(StoreError::db("reading pg_stat_activity"))?
-                .get(0);
+                .map(|row| OpenTransaction { pid: row.get(0), started: row.get(1) });
             let floor = clock - chrono::Duration::from_std(max_hold).unwrap_or_default();
             let guarded_clock = clock - PUBLISH_MARGIN;
-            let at = match oldest {
-                Some(start) if start < floor => {
+            let (at, held_by) = match oldest {
+                Some(txn) if txn.started < floor => {
                     tracing::warn!(
-                        transaction_start = %crate::timestamp::format(start),
+                        pid = txn.pid,
+                        age = ?txn.age(clock),
                         max_hold = ?max_hold,
                         "a transaction has been open longer than cutoff_max_hold; going on without it: rows it commits may be missed"
                     );
-                    floor
+                    (floor, Some(txn))
                 }
-                Some(start) if start < guarded_clock => start,
-                _ => guarded_clock,
+                Some(txn) if txn.started < guarded_clock => (txn.started, Some(txn)),
+                _ => (guarded_clock, None),
             };
-            Ok(Cutoff { at, holdback: held(clock - at) })
+            Ok(Cutoff { at, holdback: held(clock - at), clock, held_by })
         }
+    }
+}
+
+/// Tells operators when an open transaction holds the cutoff back, which delays every
+/// change made since it began: which one (pid, age) and how long it has held the cutoff
+/// in this process. Short transactions come and go without a word; one that holds the
+/// cutoff for `NOTICE` is logged, again each time its hold has doubled (a few lines
+/// for the longest hold), and once more when it lets go.
+#[derive(Debug, Default)]
+pub struct HoldLog {
+    current: Option<Hold>,
+}
+
+#[derive(Debug)]
+struct Hold {
+    txn: OpenTransaction,
+    /// The database clock when a cutoff was first seen held by it.
+    since: DateTime<Utc>,
+    /// The hold that is logged next.
+    next_notice: chrono::Duration,
+}
+
+impl HoldLog {
+    const NOTICE: chrono::Duration = chrono::Duration::seconds(5);
+
+    /// Notes what holds a fresh cutoff, logging as above.
+    pub fn observe(&mut self, pipeline: &str, cutoff: &Cutoff) {
+        if self.current.as_ref().map(|h| h.txn) != cutoff.held_by {
+            if let Some(done) = self.current.take().filter(|h| h.next_notice > Self::NOTICE) {
+                tracing::info!(
+                    pipeline,
+                    pid = done.txn.pid,
+                    held_for = ?millis(cutoff.clock - done.since),
+                    "the transaction that held the cutoff back no longer does"
+                );
+            }
+            self.current = cutoff.held_by.map(|txn| Hold { txn, since: cutoff.clock, next_notice: Self::NOTICE });
+        }
+        let Some(hold) = &mut self.current else { return };
+        let held_for = cutoff.clock - hold.since;
+        if held_for >= hold.next_notice {
+            tracing::warn!(
+                pipeline,
+                pid = hold.txn.pid,
+                age = ?hold.txn.age(cutoff.clock),
+                held_for = ?millis(held_for),
+                "an open transaction holds the cutoff at its start: changes made since then wait until it ends \
+                 (find it in pg_stat_activity by pid)"
+            );
+            hold.next_notice = held_for * 2;
+        }
+    }
+
+    /// The transaction holding the cutoff now, and for how long (at `clock`).
+    pub fn holder(&self, clock: DateTime<Utc>) -> Option<(OpenTransaction, Duration)> {
+        self.current.as_ref().map(|h| (h.txn, millis(clock - h.since)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn at(s: &str) -> DateTime<Utc> {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn the_covering_cutoff_passes_every_value_a_column_can_hold_before_the_start() {
+        // Microseconds: the start itself.
+        assert_eq!(covering(at("2024-01-15T10:30:00.123456Z"), 6), at("2024-01-15T10:30:00.123456Z"));
+        // Whole seconds: 10:30:00.4 rounds down to 10:30:00, so 10:30:01 covers it...
+        assert_eq!(covering(at("2024-01-15T10:30:00.4Z"), 0), at("2024-01-15T10:30:01Z"));
+        // ...but a transaction started at 10:30:00.6 stores 10:30:01: the cutoff must pass it.
+        assert_eq!(covering(at("2024-01-15T10:30:00.7Z"), 0), at("2024-01-15T10:30:02Z"));
+        // Exactly on a second: everything before it rounds to it at most.
+        assert_eq!(covering(at("2024-01-15T10:30:00Z"), 0), at("2024-01-15T10:30:01Z"));
+        assert_eq!(covering(at("2024-01-15T10:30:00.1234Z"), 3), at("2024-01-15T10:30:00.124Z"));
     }
 }

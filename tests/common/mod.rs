@@ -118,11 +118,13 @@ pub struct Pipeline<'a> {
     pub brokers: Option<String>,
     /// Lines for `[kafka]`.
     pub kafka_extra: &'a str,
+    /// Lines for `[checkpoint]` (e.g. `store = "postgres"`).
+    pub checkpoint_extra: &'a str,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(db_url: &'a str, topic: &'a str) -> Self {
-        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "" }
+        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "", checkpoint_extra: "" }
     }
 
     /// A pipeline that polls an export API.
@@ -155,6 +157,7 @@ listen = "127.0.0.1:{port}"
 [checkpoint]
 dir = "{checkpoints}"
 topic = "{checkpoint_topic}"
+{checkpoint_extra}
 
 [pipelines.p]
 topic = "{topic}"
@@ -173,6 +176,7 @@ partitions = 3
             checkpoints = dir.path().join("checkpoints").display(),
             // Tests share the broker and all name their pipeline `p`.
             checkpoint_topic = unique("checkpoints"),
+            checkpoint_extra = p.checkpoint_extra,
             topic = p.topic,
             batch = p.batch_size,
             pipeline_extra = p.pipeline_extra,
@@ -320,25 +324,77 @@ pub fn scan_topic(bootstrap: &str, topic: &str, isolation: &str, deadline: Durat
     let end = Instant::now() + deadline;
     while !open.is_empty() {
         assert!(Instant::now() < end, "reading {topic} timed out; partitions left: {open:?}");
-        let m = match consumer.poll(Duration::from_millis(500)) {
+        match consumer.poll(Duration::from_millis(500)) {
             None => continue,
             Some(Err(rdkafka::error::KafkaError::PartitionEOF(p))) => {
                 open.remove(&p);
-                continue;
             }
-            Some(other) => other.expect("consume"),
-        };
-        let headers = m
-            .headers()
-            .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
-            .unwrap_or_default();
-        each(Event {
-            partition: m.partition(),
-            offset: m.offset(),
-            key: String::from_utf8(m.key().expect("a key").to_vec()).expect("UTF-8 key"),
-            value: m.payload().map(<[u8]>::to_vec),
-            headers,
-        });
+            Some(other) => each(event(&other.expect("consume"))),
+        }
+    }
+}
+
+fn event(m: &rdkafka::message::BorrowedMessage) -> Event {
+    let headers = m
+        .headers()
+        .map(|h| h.iter().map(|h| (h.key.to_string(), String::from_utf8_lossy(h.value.unwrap_or_default()).into_owned())).collect())
+        .unwrap_or_default();
+    Event {
+        partition: m.partition(),
+        offset: m.offset(),
+        key: String::from_utf8(m.key().expect("a key").to_vec()).expect("UTF-8 key"),
+        value: m.payload().map(<[u8]>::to_vec),
+        headers,
+    }
+}
+
+/// Reads a topic (of the local broker, not transactional) as it grows: each `read_new`
+/// returns the events added since the last call, up to the end the topic had when it was
+/// called. One consumer for many reads, where `read_topic` would start over each time.
+pub struct TopicTail {
+    consumer: BaseConsumer,
+    topic: String,
+    /// Each partition's next offset to read.
+    next: HashMap<i32, i64>,
+}
+
+impl TopicTail {
+    /// From the beginning of a topic that exists.
+    pub fn new(topic: &str) -> Self {
+        let consumer: BaseConsumer = ClientConfig::new()
+            .set("bootstrap.servers", brokers())
+            .set("group.id", unique("test"))
+            .set("enable.auto.commit", "false")
+            .create()
+            .expect("consumer");
+        let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
+        let mut assignment = TopicPartitionList::new();
+        let mut next = HashMap::new();
+        for p in metadata.topics()[0].partitions() {
+            assignment.add_partition_offset(topic, p.id(), Offset::Beginning).unwrap();
+            next.insert(p.id(), 0);
+        }
+        consumer.assign(&assignment).expect("assign");
+        Self { consumer, topic: topic.to_string(), next }
+    }
+
+    pub fn read_new(&mut self) -> Vec<Event> {
+        let mut ends = HashMap::new();
+        for &p in self.next.keys() {
+            let (_, high) = self.consumer.fetch_watermarks(&self.topic, p, Duration::from_secs(10)).expect("watermarks");
+            ends.insert(p, high);
+        }
+        let mut events = Vec::new();
+        let end = Instant::now() + Duration::from_secs(60);
+        while self.next.iter().any(|(p, next)| *next < ends[p]) {
+            assert!(Instant::now() < end, "reading {} timed out", self.topic);
+            if let Some(m) = self.consumer.poll(Duration::from_millis(200)) {
+                let e = event(&m.expect("consume"));
+                self.next.insert(e.partition, e.offset + 1);
+                events.push(e);
+            }
+        }
+        events
     }
 }
 
@@ -347,6 +403,40 @@ pub fn latest_by_key(events: &[Event]) -> HashMap<String, Event> {
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by_key(|e| (e.partition, e.offset));
     sorted.into_iter().map(|e| (e.key.clone(), e.clone())).collect()
+}
+
+/// Every expected order is on the topic, its newest event byte-equal to its document, and
+/// no other key is; returns how many events there are, and how many of them are duplicates.
+pub fn assert_topic_matches(topic: &str, expected: &HashMap<String, String>) -> (usize, usize) {
+    let events = read_topic(topic);
+    let latest = latest_by_key(&events);
+    let missing: Vec<&String> = expected.keys().filter(|k| !latest.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "{} orders missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    for (id, doc) in expected {
+        assert_eq!(latest[id].text(), doc, "order {id}: the value is the source's document, byte for byte");
+    }
+    assert_eq!(latest.len(), expected.len(), "no order the source did not export");
+    (events.len(), events.len() - expected.len())
+}
+
+/// `rounds` times: starts `run --once`, waits until `checkpoint()` changes (progress) or
+/// the run ends, then SIGKILLs it a random moment later and reads `checkpoint()` again
+/// (a store that tears its checkpoint fails there). Returns how many runs were killed.
+pub fn kill_9_rounds<T: PartialEq>(setup: &Setup, rounds: usize, mut checkpoint: impl FnMut() -> T) -> usize {
+    let mut kills = 0;
+    for _ in 0..rounds {
+        let before = checkpoint();
+        let mut daemon = setup.spawn(&["run", "--once"]);
+        wait_until("progress", Duration::from_secs(60), || checkpoint() != before || daemon.try_wait().unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(rand::random_range(0..400)));
+        if daemon.try_wait().unwrap().is_none() {
+            daemon.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        daemon.wait().unwrap();
+        checkpoint();
+    }
+    kills
 }
 
 /// Counts by key.

@@ -1,0 +1,136 @@
+//! `run --once` delivers every change committed before the command started: batch users
+//! (a scheduler that syncs, then reads the topic) count on it. The late-commit guard
+//! holds the cutoff below the database clock (a margin, or an open transaction), so the
+//! command waits, bounded by `once_max_wait`, until its window covers its start. And when
+//! a transaction holds the cutoff back, the logs name it (pid, age), never its query.
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use common::*;
+
+/// The export document and `updated_at` of one order, as the source reads them.
+async fn version(client: &tokio_postgres::Client, id: i64) -> (String, DateTime<Utc>) {
+    let sql = format!(
+        "SELECT ({})::text, t.updated_at FROM sales_orders t WHERE t.id = $1",
+        order_cdc::store::document::export_document("public")
+    );
+    let row = client.query_one(&sql, &[&id]).await.unwrap();
+    (row.get(0), row.get(1))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_change_committed_just_before_run_once_is_on_the_topic_when_it_exits() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 10, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
+    let topic = unique("once");
+    let setup = Setup::new(&Pipeline::new(&db.url, &topic));
+    setup.run_once();
+    let mut tail = TopicTail::new(&topic);
+    assert_eq!(tail.read_new().len(), 10);
+
+    let mut took = Vec::new();
+    for round in 1..=100i64 {
+        let id = round % 10 + 1;
+        // The trigger stamps updated_at with the transaction's start, a moment ago.
+        client.execute("UPDATE sales_orders SET order_status = $1 WHERE id = $2", &[&format!("round-{round}"), &id]).await.unwrap();
+        let begun = Instant::now();
+        setup.run_once();
+        took.push(begun.elapsed());
+        let (document, updated_at) = version(&client, id).await;
+        let events = tail.read_new();
+        let latest = events.iter().rev().find(|e| e.key == id.to_string()).unwrap_or_else(|| {
+            panic!("round {round}: the change to order {id} is not on the topic after run --once ({} other events)", events.len())
+        });
+        assert_eq!(latest.text(), document, "round {round}: order {id}");
+        assert_eq!(latest.headers["ce_time"], order_cdc::timestamp::format(updated_at), "round {round}");
+    }
+    took.sort();
+    let (median, max) = (took[took.len() / 2], took[took.len() - 1]);
+    println!("100 rounds of commit, then run --once: the change was delivered every time; run --once took {:?} median, {:?} at most", median, max);
+    assert!(median < Duration::from_secs(2), "run --once should take well under 2 s when nothing holds it: median {median:?}");
+    db.drop_db().await;
+}
+
+/// Opens a transaction that changes `order` and stays open; returns it and its backend's pid.
+async fn open_transaction(db: &TestDb, order: i64, status: &str) -> (tokio_postgres::Client, i32) {
+    let late = db.client().await;
+    late.batch_execute(&format!("BEGIN; UPDATE sales_orders SET order_status = '{status}' WHERE id = {order}")).await.unwrap();
+    let pid: i32 = late.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    (late, pid)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_waits_for_a_transaction_that_holds_its_cutoff_then_delivers_what_was_committed_before_it() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 100, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
+    let (late, pid) = open_transaction(&db, 5, "late-commit").await;
+    // Committed before the command, after the open transaction began: the guard holds
+    // the cutoff below it while that transaction is open.
+    client.batch_execute("UPDATE sales_orders SET order_status = 'before-the-command' WHERE id = 6").await.unwrap();
+
+    let topic = unique("once-wait");
+    let setup = Setup::new(&Pipeline::new(&db.url, &topic));
+    let mut once = setup.spawn(&["run", "--once"]);
+    wait_until("run --once to say which transaction it waits for", Duration::from_secs(30), || {
+        setup.log().lines().any(|l| l.contains("waits for an open transaction") && l.contains(&format!("pid={pid}")))
+    });
+    assert!(once.try_wait().unwrap().is_none(), "run --once finished while the transaction held its cutoff");
+    late.batch_execute("COMMIT").await.unwrap();
+    let status = wait_for_exit(&mut once, Duration::from_secs(30), "run --once did not finish after the transaction ended", || setup.log());
+    assert!(status.success(), "{}", setup.log());
+
+    let latest = latest_by_key(&read_topic(&topic));
+    assert_eq!(latest.len(), 100);
+    assert!(latest["6"].text().contains("before-the-command"), "the change committed before the command: {}", latest["6"].text());
+    assert!(latest["5"].text().contains("late-commit"), "the transaction committed while the command waited");
+    assert!(!setup.log().contains("UPDATE sales_orders"), "no query text in the logs");
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_finishes_after_once_max_wait_naming_the_transaction_that_held_it() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 100, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
+    let (late, pid) = open_transaction(&db, 5, "never-committed").await;
+    let topic = unique("once-bound");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.source_extra = "once_max_wait = \"1s\"";
+    let setup = Setup::new(&p);
+    let begun = Instant::now();
+    let out = setup.run_once();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(begun.elapsed() >= Duration::from_secs(1), "it waited once_max_wait");
+    let warning = stderr.lines().find(|l| l.contains("finishes while an open transaction still holds the cutoff")).unwrap_or_else(|| panic!("no warning: {stderr}"));
+    assert!(warning.contains(&format!("pid={pid}")) && warning.contains("age=") && warning.contains("held_for="), "{warning}");
+    assert!(!stderr.contains("never-committed"), "no query text in the logs: {stderr}");
+    assert_eq!(read_topic(&topic).len(), 100, "what the held cutoff allows is delivered");
+    late.batch_execute("ROLLBACK").await.unwrap();
+    db.drop_db().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_daemon_names_a_transaction_that_holds_its_cutoff_and_says_when_it_lets_go() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 10, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
+    let (late, pid) = open_transaction(&db, 5, "held-in-the-daemon").await;
+    let topic = unique("daemon-hold");
+    let setup = Setup::new(&Pipeline::new(&db.url, &topic));
+    let mut daemon = setup.spawn(&["run"]);
+    wait_until("the daemon to name the transaction that holds its cutoff", Duration::from_secs(60), || {
+        setup.log().lines().any(|l| l.contains("holds the cutoff at its start") && l.contains(&format!("pid={pid}")) && l.contains("held_for="))
+    });
+    late.batch_execute("COMMIT").await.unwrap();
+    wait_until("the daemon to say the hold ended", Duration::from_secs(30), || {
+        setup.log().lines().any(|l| l.contains("no longer does") && l.contains(&format!("pid={pid}")))
+    });
+    wait_until("the late change on the topic", Duration::from_secs(30), || {
+        latest_by_key(&read_topic(&topic)).get("5").is_some_and(|e| e.text().contains("held-in-the-daemon"))
+    });
+    terminate(&daemon);
+    assert!(wait_for_exit(&mut daemon, Duration::from_secs(30), "the daemon did not stop on SIGTERM", || setup.log()).success());
+    assert!(!setup.log().contains("UPDATE sales_orders"), "no query text in the logs");
+    db.drop_db().await;
+}
