@@ -75,6 +75,23 @@ pub struct CheckpointConfig {
     /// The compacted topic where `exactly_once` pipelines commit their checkpoints, in
     /// the transaction of each batch.
     pub topic: String,
+    /// The postgres store's database; default the source database of each `postgres`
+    /// pipeline (`export_api` pipelines need it set). The password never prints.
+    #[serde(default)]
+    pub url: Option<SecretUrl>,
+    /// The postgres store's table, optionally schema-qualified (unquoted SQL names);
+    /// created when missing.
+    pub table: String,
+}
+
+impl CheckpointConfig {
+    /// The postgres store's database for a pipeline: `url`, or a Postgres source's own.
+    pub fn url_for<'a>(&'a self, source: &'a SourceConfig) -> Option<&'a SecretUrl> {
+        self.url.as_ref().or(match source {
+            SourceConfig::Postgres(s) => Some(&s.url),
+            SourceConfig::ExportApi(_) => None,
+        })
+    }
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
@@ -84,6 +101,9 @@ pub enum CheckpointStoreKind {
     File,
     /// Every pipeline keeps its checkpoints in the topic: all must be `exactly_once`.
     Kafka,
+    /// A row per `at_least_once` pipeline in a table of `url`; `exactly_once` ones use the
+    /// topic.
+    Postgres,
 }
 
 #[derive(Debug, Deserialize)]
@@ -177,9 +197,14 @@ pub struct PipelineConfig {
     /// How long a daemon waits between the starts of two runs once it has caught up.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
-    /// Batches published but not yet acknowledged (the prefetch depth).
+    /// `at_least_once`: batches published and not yet committed (the prefetch depth).
     #[serde(default = "default_max_in_flight_batches")]
     pub max_in_flight_batches: usize,
+    /// `exactly_once`: batches per Kafka transaction; a transaction is committed sooner at
+    /// the end of a run and on shutdown. More batches per transaction cost fewer commits
+    /// and hold more events back from `read_committed` consumers until they commit.
+    #[serde(default = "default_batches_per_transaction")]
+    pub batches_per_transaction: usize,
     /// Partitions of the topic when order-cdc creates it (it never alters an existing one).
     #[serde(default = "default_partitions")]
     pub partitions: i32,
@@ -212,6 +237,9 @@ fn default_poll_interval() -> Duration {
     Duration::from_secs(5)
 }
 fn default_max_in_flight_batches() -> usize {
+    4
+}
+fn default_batches_per_transaction() -> usize {
     4
 }
 fn default_partitions() -> i32 {
@@ -418,12 +446,27 @@ impl Config {
         if self.checkpoint.topic.trim().is_empty() {
             return Err(invalid("checkpoint.topic", "must not be empty"));
         }
+        if !is_sql_name(&self.checkpoint.table) {
+            return Err(invalid("checkpoint.table", "must be a table name, optionally schema-qualified (letters, digits and '_', not starting with a digit)"));
+        }
+        if self.checkpoint.url.as_ref().is_some_and(|u| u.expose().trim().is_empty()) {
+            return Err(invalid("checkpoint.url", "must not be empty"));
+        }
         for (name, p) in &self.pipelines {
             let key = |k: &str| format!("pipelines.{name}.{k}");
             if self.checkpoint.store == CheckpointStoreKind::Kafka && p.delivery != Delivery::ExactlyOnce {
                 return Err(invalid(
                     "checkpoint.store",
                     format!("the kafka store holds exactly_once checkpoints, and pipelines.{name} is at_least_once (use store = \"file\", or delivery = \"exactly_once\")"),
+                ));
+            }
+            if self.checkpoint.store == CheckpointStoreKind::Postgres
+                && p.delivery == Delivery::AtLeastOnce
+                && self.checkpoint.url_for(&p.source).is_none()
+            {
+                return Err(invalid(
+                    "checkpoint.url",
+                    format!("the postgres store needs a database for pipelines.{name}, which reads an export API: set checkpoint.url"),
                 ));
             }
             if p.transactional_id.as_deref().is_some_and(|id| id.trim().is_empty()) {
@@ -440,6 +483,9 @@ impl Config {
             }
             if p.max_in_flight_batches == 0 {
                 return Err(invalid(key("max_in_flight_batches"), "must be at least 1"));
+            }
+            if p.batches_per_transaction == 0 {
+                return Err(invalid(key("batches_per_transaction"), "must be at least 1"));
             }
             if p.partitions < 1 {
                 return Err(invalid(key("partitions"), "must be at least 1"));
@@ -528,6 +574,16 @@ impl Config {
     }
 }
 
+/// A table name the postgres checkpoint store can put into SQL as it is: one or two
+/// unquoted identifiers (`table`, `schema.table`), which PostgreSQL folds to lower case.
+fn is_sql_name(name: &str) -> bool {
+    let parts: Vec<&str> = name.split('.').collect();
+    parts.len() <= 2
+        && parts.iter().all(|p| {
+            p.chars().next().is_some_and(|c| c.is_ascii_alphabetic() || c == '_') && p.chars().all(|c| c.is_ascii_alphanumeric() || c == '_')
+        })
+}
+
 impl PipelineConfig {
     pub fn dead_letter_topic(&self) -> String {
         self.dead_letter_topic.clone().unwrap_or_else(|| format!("{}.dlq", self.topic))
@@ -598,5 +654,44 @@ url = "postgres://u:secret@127.0.0.1/db"
         let c = load_str(&format!("[checkpoint]\nstore = \"kafka\"\n{}", PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\ndelivery = \"exactly_once\""))).unwrap();
         assert_eq!(c.pipelines["orders"].transactional_id("orders"), "order-cdc.orders");
         assert_eq!(c.checkpoint.topic, "order-cdc.checkpoints");
+    }
+
+    const EXPORT_API: &str = r#"
+[pipelines.api]
+topic = "orders"
+[pipelines.api.source]
+kind = "export_api"
+base_url = "https://example.com/api"
+token = "t0ken"
+"#;
+
+    #[test]
+    fn the_postgres_store_defaults_to_the_source_database() {
+        let c = load_str(&format!("[checkpoint]\nstore = \"postgres\"\n{PIPELINE}")).unwrap();
+        assert_eq!(c.checkpoint.table, "order_cdc_checkpoints");
+        let p = &c.pipelines["orders"];
+        assert_eq!(c.checkpoint.url_for(&p.source).unwrap().expose(), "postgres://u:secret@127.0.0.1/db");
+        let c = load_str(&format!("[checkpoint]\nstore = \"postgres\"\nurl = \"postgres://c@h/cp\"\ntable = \"ops.checkpoints\"\n{PIPELINE}{EXPORT_API}")).unwrap();
+        assert_eq!(c.checkpoint.url_for(&c.pipelines["api"].source).unwrap().expose(), "postgres://c@h/cp");
+        assert_eq!(c.checkpoint.url_for(&c.pipelines["orders"].source).unwrap().expose(), "postgres://c@h/cp");
+    }
+
+    #[test]
+    fn an_export_api_pipeline_on_the_postgres_store_needs_checkpoint_url() {
+        let e = err(&format!("[checkpoint]\nstore = \"postgres\"\n{EXPORT_API}"));
+        assert!(e.contains("checkpoint.url") && e.contains("pipelines.api"), "{e}");
+        // exactly_once pipelines keep their checkpoints in the topic whatever the store.
+        load_str(&format!("[checkpoint]\nstore = \"postgres\"\n{}", EXPORT_API.replace("topic = \"orders\"", "topic = \"orders\"\ndelivery = \"exactly_once\""))).unwrap();
+        // The file store needs no database.
+        load_str(EXPORT_API).unwrap();
+    }
+
+    #[test]
+    fn the_checkpoint_table_is_a_plain_sql_name() {
+        for bad in ["", "a.b.c", "1st", "orders; DROP TABLE x", "\"Quoted\"", "a."] {
+            let e = err(&format!("[checkpoint]\ntable = '{bad}'\n{PIPELINE}"));
+            assert!(e.contains("checkpoint.table"), "{bad}: {e}");
+        }
+        load_str(&format!("[checkpoint]\ntable = \"ops.Order_CDC_2\"\n{PIPELINE}")).unwrap();
     }
 }

@@ -9,7 +9,7 @@ use crate::event::EventFormat;
 use crate::metrics::{self, Metrics, PipelineState};
 use crate::pipeline::{Pipeline, PipelineError, Settings};
 use crate::shutdown;
-use crate::sink::kafka::{Publisher, PublisherSpec};
+use crate::sink::kafka::{Publisher, PublisherSpec, Transactional};
 use crate::source::export_api::ExportApiSource;
 use crate::source::postgres::PostgresSource;
 use crate::source::{self, ConfiguredSource};
@@ -105,7 +105,7 @@ async fn build(
     p: &PipelineConfig,
     metrics: &Arc<Metrics>,
     once: bool,
-) -> Result<Pipeline<ConfiguredSource>, PipelineError> {
+) -> Result<Pipeline<ConfiguredSource, Publisher, Store>, PipelineError> {
     let identity = source::identity(&p.source);
     let initial_since = p.initial_since.as_deref().map(timestamp::parse).transpose().expect("validated").unwrap_or_else(timestamp::epoch);
     let pipeline_metrics = metrics.pipeline(name);
@@ -116,6 +116,13 @@ async fn build(
         SourceConfig::ExportApi(cfg) => ConfiguredSource::ExportApi(ExportApiSource::open(cfg.clone(), pipeline_metrics.clone())?),
     };
     let store = checkpoint::store_for(config, p);
+    let transactional = match &store {
+        Store::Kafka(kafka_store) if p.delivery == Delivery::ExactlyOnce => {
+            kafka_store.ensure_topic(p.replication_factor).await?;
+            Some(Transactional { id: p.transactional_id(name), checkpoint_topic: kafka_store.topic().to_string() })
+        }
+        _ => None,
+    };
     let spec = PublisherSpec {
         kafka: config.kafka.clone(),
         format: EventFormat { envelope: p.envelope, source: p.event_source.clone().unwrap_or_else(|| identity.clone()), pipeline: name.to_string() },
@@ -124,26 +131,24 @@ async fn build(
         partitions: p.partitions,
         replication_factor: p.replication_factor,
         on_bad_record: p.on_bad_record,
-        transactional_id: (p.delivery == Delivery::ExactlyOnce).then(|| p.transactional_id(name)),
+        transactional,
     };
-    if let Store::Kafka(kafka_store) = &store {
-        kafka_store.ensure_topic(p.replication_factor).await?;
-    }
     // A transactional producer must be initialised (aborting what an earlier run left
     // open) before the Kafka store can be read.
-    let publisher = Publisher::connect(&spec).await?;
+    let sink = Publisher::connect(spec).await?;
     // A checkpoint of another source is refused before anything is published.
     checkpoint::load_for(&store, name, &identity).await?;
     Ok(Pipeline {
         name: name.to_string(),
         source,
         source_identity: identity,
-        publisher,
-        publisher_spec: spec,
+        sink,
         store,
         settings: Settings {
+            delivery: p.delivery,
             poll_interval: p.poll_interval,
             max_in_flight_batches: p.max_in_flight_batches,
+            batches_per_transaction: p.batches_per_transaction,
             on_bad_record: p.on_bad_record,
             initial_since,
         },

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
 
-use order_cdc::checkpoint::{self, Checkpoint};
+use order_cdc::checkpoint::{self, Checkpoint, CheckpointStore};
 use order_cdc::config::Config;
 use order_cdc::metrics::Metrics;
 use order_cdc::{daemon, logging, server, source, store, timestamp};

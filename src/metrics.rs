@@ -39,6 +39,36 @@ pub struct Metrics {
     health: Health,
 }
 
+/// The `kind` label of `order_cdc_errors_total`: what failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorKind {
+    /// A source request or query (retried in place, or the attempt failed).
+    Source,
+    /// The export API refused a cursor; the run restarts from its since.
+    CursorRefused,
+    /// Kafka did not acknowledge an event.
+    Delivery,
+    /// The producer, a topic or a transaction.
+    Kafka,
+    /// Reading or writing the checkpoint.
+    Checkpoint,
+    /// A record that cannot become an event stopped the pipeline.
+    BadRecord,
+}
+
+impl ErrorKind {
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Source => "source",
+            Self::CursorRefused => "cursor_refused",
+            Self::Delivery => "delivery",
+            Self::Kafka => "kafka",
+            Self::Checkpoint => "checkpoint",
+            Self::BadRecord => "bad_record",
+        }
+    }
+}
+
 /// What `/health/ready` answers: ready when every pipeline is running (or finished).
 #[derive(Clone, Default)]
 pub struct Health {
@@ -187,8 +217,9 @@ impl PipelineMetrics {
         self.families.source_retries.with_label_values(&[&self.name, reason]).inc();
     }
 
-    pub fn error(&self, kind: &str) {
-        self.families.errors.with_label_values(&[&self.name, kind]).inc();
+    /// One failure, counted once under its kind.
+    pub fn error(&self, kind: ErrorKind) {
+        self.families.errors.with_label_values(&[&self.name, kind.label()]).inc();
     }
 
     pub fn set_state(&self, state: PipelineState) {

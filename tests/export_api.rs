@@ -20,19 +20,6 @@ async fn active_documents(client: &tokio_postgres::Client) -> HashMap<String, St
     docs
 }
 
-/// Every active order is on the topic, its newest event byte-equal to the API's document.
-fn assert_topic_matches(topic: &str, expected: &HashMap<String, String>) -> (usize, usize) {
-    let events = read_topic(topic);
-    let latest = latest_by_key(&events);
-    let missing: Vec<&String> = expected.keys().filter(|k| !latest.contains_key(*k)).collect();
-    assert!(missing.is_empty(), "{} orders missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
-    for (id, doc) in expected {
-        assert_eq!(latest[id].text(), doc, "order {id}: the value is the document the API returned, byte for byte");
-    }
-    assert_eq!(latest.len(), expected.len(), "no order the API did not export");
-    (events.len(), events.len() - expected.len())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn twenty_thousand_orders_arrive_byte_equal_and_the_next_run_starts_at_meta_cutoff() {
     let (db, client) = TestDb::migrated().await;

@@ -1,7 +1,9 @@
-//! The Kafka publisher: an idempotent rdkafka producer (acks=all, murmur2_random) that sends
-//! a whole batch without waiting, then hands back the batch's delivery futures. The
-//! pipeline awaits them all before it commits, after rust-rdkafka's at-least-once example.
+//! The Kafka sink: an idempotent rdkafka producer (acks=all, murmur2_random) that sends a
+//! whole batch without waiting, then hands back one acknowledgement that awaits the
+//! batch's delivery futures, after rust-rdkafka's at-least-once example. Under
+//! `exactly_once` it is transactional and commits each checkpoint inside the transaction.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -10,47 +12,22 @@ use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
 use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
+use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
 
-use std::borrow::Cow;
-
-use rdkafka::message::OwnedHeaders;
-
+use super::{Acknowledgement, Delivered, Sink, SinkError, TransactionalSink};
 use crate::checkpoint::{Checkpoint, KafkaStore};
 use crate::config::{KafkaConfig, OnBadRecord};
 use crate::event::{Event, EventFormat};
 use crate::source::{Record, RecordBody};
 
 const METADATA_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a transactional call (init, commit) may block.
+/// How long a transactional call (init, commit, abort) may block.
 const TRANSACTION_TIMEOUT: Duration = Duration::from_secs(60);
 
-#[derive(Debug, thiserror::Error)]
-pub enum PublishError {
-    #[error("cannot reach Kafka at {brokers}: {source}")]
-    Unreachable { brokers: String, source: KafkaError },
-    #[error("cannot create topic {topic}: {reason}")]
-    Topic { topic: String, reason: String },
-    #[error("invalid Kafka producer configuration: {0}")]
-    Config(KafkaError),
-    #[error("Kafka refused a message: {0}")]
-    Send(KafkaError),
-    #[error("Kafka did not acknowledge a message: {0}")]
-    Delivery(KafkaError),
-    #[error("the producer went away before reporting a delivery")]
-    Canceled,
-    #[error("Kafka transaction: {0}")]
-    Transaction(KafkaError),
-    #[error("order {key}: its event value is {bytes} bytes, more than the producer's message.max.bytes; on_bad_record = \"fail\" stops the pipeline here")]
-    TooLarge { key: String, bytes: usize },
-}
-
-impl PublishError {
-    /// A failed or lost delivery is retried from the last checkpoint; a bad configuration
-    /// or an unreachable cluster at start-up is not.
-    pub fn is_retriable(&self) -> bool {
-        matches!(self, Self::Send(_) | Self::Delivery(_) | Self::Canceled | Self::Transaction(_))
-    }
+/// An rdkafka error as the sink error of that kind (the pipeline never sees rdkafka types).
+fn kafka_error(variant: fn(String) -> SinkError) -> impl Fn(KafkaError) -> SinkError {
+    move |e| variant(e.to_string())
 }
 
 /// Routes librdkafka's own logs into `tracing`. Until the first successful metadata
@@ -83,12 +60,35 @@ impl ClientContext for LoggingContext {
 }
 
 /// One event in flight and what it is, for counting once it is acknowledged.
-pub struct Pending {
-    pub delivery: DeliveryFuture,
-    pub dead_letter: bool,
+struct Pending {
+    delivery: DeliveryFuture,
+    dead_letter: bool,
+}
+
+/// Awaits a batch's deliveries in order: the first failure is the batch's.
+async fn acknowledge(pending: Vec<Pending>) -> Result<Delivered, SinkError> {
+    let mut delivered = Delivered::default();
+    for p in pending {
+        match p.delivery.await {
+            Ok(Ok(_)) if p.dead_letter => delivered.dead_lettered += 1,
+            Ok(Ok(_)) => delivered.events += 1,
+            Ok(Err((e, _))) => return Err(SinkError::Delivery(e.to_string())),
+            Err(_) => return Err(SinkError::Canceled),
+        }
+    }
+    Ok(delivered)
+}
+
+/// `exactly_once`: the producer's `transactional.id`, and the compacted topic its
+/// checkpoints are committed to inside each transaction.
+#[derive(Clone)]
+pub struct Transactional {
+    pub id: String,
+    pub checkpoint_topic: String,
 }
 
 /// Everything needed to (re)build a pipeline's producer.
+#[derive(Clone)]
 pub struct PublisherSpec {
     pub kafka: KafkaConfig,
     pub format: EventFormat,
@@ -98,16 +98,13 @@ pub struct PublisherSpec {
     pub replication_factor: i32,
     /// What becomes of an event Kafka cannot take (larger than `message.max.bytes`).
     pub on_bad_record: OnBadRecord,
-    /// `exactly_once`: the producer's `transactional.id`.
-    pub transactional_id: Option<String>,
+    pub transactional: Option<Transactional>,
 }
 
+/// The Kafka sink: a producer and what it was built from, so it can be rebuilt.
 pub struct Publisher {
     producer: FutureProducer<LoggingContext>,
-    topic: String,
-    dead_letter_topic: String,
-    format: EventFormat,
-    on_bad_record: OnBadRecord,
+    spec: PublisherSpec,
 }
 
 /// The producer settings order-cdc needs for its guarantees, then the user's properties
@@ -127,23 +124,27 @@ pub fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
     cfg
 }
 
+/// Runs a blocking rdkafka call (init, commit, abort) off the async workers.
+async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
+    tokio::task::spawn_blocking(call).await.expect("rdkafka calls do not panic")
+}
+
 impl Publisher {
     /// Builds the producer, checks that the cluster answers and creates missing topics.
-    pub async fn connect(spec: &PublisherSpec) -> Result<Self, PublishError> {
-        let PublisherSpec { kafka, format, topic, dead_letter_topic, partitions, replication_factor, on_bad_record, transactional_id } = spec;
+    pub async fn connect(spec: PublisherSpec) -> Result<Self, SinkError> {
+        let PublisherSpec { kafka, format, topic, dead_letter_topic, partitions, replication_factor, transactional, .. } = &spec;
         let mut cfg = client_config(kafka, &format.pipeline);
-        if let Some(id) = transactional_id {
-            cfg.set("transactional.id", id);
+        if let Some(t) = transactional {
+            cfg.set("transactional.id", &t.id);
         }
         let started = Arc::new(AtomicBool::new(false));
         let producer: FutureProducer<LoggingContext> = cfg
             .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
-            .map_err(PublishError::Config)?;
+            .map_err(kafka_error(SinkError::Config))?;
         let probe = producer.clone();
-        let metadata = tokio::task::spawn_blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
+        let metadata = blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await
-            .expect("metadata probe does not panic")
-            .map_err(|source| PublishError::Unreachable { brokers: kafka.brokers.clone(), source })?;
+            .map_err(|e| SinkError::Unreachable { brokers: kafka.brokers.clone(), reason: e.to_string() })?;
         started.store(true, Ordering::Relaxed);
         // Only missing topics are created: a role without the right to create topics can
         // still publish to existing ones.
@@ -152,89 +153,35 @@ impl Publisher {
         if !missing.is_empty() {
             ensure_topics(&cfg, &missing, *partitions, *replication_factor).await?;
         }
-        if transactional_id.is_some() {
+        if transactional.is_some() {
             // Fences any earlier producer with this id and aborts what it left open, so
             // the checkpoint read after this sees only committed transactions.
             let init = producer.clone();
-            tokio::task::spawn_blocking(move || init.init_transactions(TRANSACTION_TIMEOUT))
-                .await
-                .expect("init_transactions does not panic")
-                .map_err(PublishError::Transaction)?;
+            blocking(move || init.init_transactions(TRANSACTION_TIMEOUT)).await.map_err(kafka_error(SinkError::Transaction))?;
         }
-        Ok(Self {
-            producer,
-            topic: topic.clone(),
-            dead_letter_topic: dead_letter_topic.clone(),
-            format: format.clone(),
-            on_bad_record: *on_bad_record,
-        })
+        Ok(Self { producer, spec })
     }
 
-    /// A fatal producer error (librdkafka's word): the producer must be rebuilt.
-    pub fn fatal_error(&self) -> Option<String> {
-        self.producer.client().fatal_error().map(|(code, reason)| format!("{code:?}: {reason}"))
-    }
-
-    /// Enqueues every record of a batch without awaiting any delivery; returns the
-    /// deliveries in the batch's order. Bad records go to the dead-letter topic.
-    pub async fn send_batch(&self, records: &[Record]) -> Result<Vec<Pending>, PublishError> {
-        let mut pending = Vec::with_capacity(records.len());
-        for record in records {
-            let (event, dead_letter) = match &record.body {
-                RecordBody::Bad { reason, raw } => (self.format.dead_letter(record, reason, raw), true),
-                _ => (self.format.encode(record), false),
-            };
-            let topic = if dead_letter { &self.dead_letter_topic } else { &self.topic };
-            let bytes = event.payload().map_or(0, <[u8]>::len);
-            let pending_event = match self.send(topic, event).await {
-                Err(PublishError::Send(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge))) => {
-                    self.too_large(record, bytes).await?
-                }
-                sent => Pending { delivery: sent?, dead_letter },
-            };
-            pending.push(pending_event);
-        }
-        Ok(pending)
-    }
-
-    /// Opens a transaction (`exactly_once`): what is sent until `commit_transaction` is
-    /// published together or not at all.
-    pub fn begin_transaction(&self) -> Result<(), PublishError> {
-        self.producer.begin_transaction().map_err(PublishError::Transaction)
-    }
-
-    /// Adds the batch's checkpoint to the open transaction.
-    pub async fn send_checkpoint(&self, topic: &str, cp: &Checkpoint) -> Result<(), PublishError> {
-        let value = KafkaStore::value(cp);
-        let event = Event { key: &cp.pipeline, value: Some(Cow::Borrowed(&value)), headers: OwnedHeaders::new() };
-        self.send(topic, event).await.map(drop)
-    }
-
-    /// Commits the open transaction: waits until every message in it is acknowledged,
-    /// and fails (to be aborted by a fresh producer) if any was not.
-    pub async fn commit_transaction(&self) -> Result<(), PublishError> {
-        let producer = self.producer.clone();
-        tokio::task::spawn_blocking(move || producer.commit_transaction(TRANSACTION_TIMEOUT))
-            .await
-            .expect("commit_transaction does not panic")
-            .map_err(PublishError::Transaction)
+    fn format(&self) -> &EventFormat {
+        &self.spec.format
     }
 
     /// An event larger than Kafka takes can never be published: retrying would stall the
     /// pipeline for good. It is a bad record: its key and the reason go to the dead-letter
     /// topic without the document (which would not fit there either), or it stops the
     /// pipeline.
-    async fn too_large(&self, record: &Record, bytes: usize) -> Result<Pending, PublishError> {
-        if self.on_bad_record == OnBadRecord::Fail {
-            return Err(PublishError::TooLarge { key: record.key.clone(), bytes });
+    async fn too_large(&self, record: &Record, bytes: usize) -> Result<Pending, SinkError> {
+        if self.spec.on_bad_record == OnBadRecord::Fail {
+            return Err(SinkError::TooLarge { key: record.key.clone(), bytes });
         }
         let reason = format!("the event value is {bytes} bytes, more than the producer's message.max.bytes; the document is left out");
-        tracing::warn!(pipeline = %self.format.pipeline, key = %record.key, bytes, "an event is too large for Kafka; it goes to the dead-letter topic without its document");
-        let delivery = self.send(&self.dead_letter_topic, self.format.dead_letter(record, &reason, b"")).await?;
+        tracing::warn!(pipeline = %self.format().pipeline, key = %record.key, bytes, "an event is too large for Kafka; it goes to the dead-letter topic without its document");
+        let delivery = self.enqueue(&self.spec.dead_letter_topic, self.format().dead_letter(record, &reason, b"")).await.map_err(kafka_error(SinkError::Send))?;
         Ok(Pending { delivery, dead_letter: true })
     }
 
-    async fn send(&self, topic: &str, event: Event<'_>) -> Result<DeliveryFuture, PublishError> {
+    /// Hands one message to librdkafka, waiting while its local queue is full.
+    async fn enqueue(&self, topic: &str, event: Event<'_>) -> Result<DeliveryFuture, KafkaError> {
         let Event { key, value, headers } = event;
         let mut message = FutureRecord::to(topic).key(key).headers(headers);
         if let Some(value) = value.as_deref() {
@@ -248,14 +195,85 @@ impl Publisher {
                     message = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => return Err(PublishError::Send(e)),
+                Err((e, _)) => return Err(e),
             }
         }
     }
+
+    fn transactional(&self) -> Result<&Transactional, SinkError> {
+        self.spec.transactional.as_ref().ok_or_else(|| SinkError::Transaction("the producer is not transactional".into()))
+    }
 }
 
-async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), PublishError> {
-    let admin: AdminClient<_> = cfg.create().map_err(PublishError::Config)?;
+impl Sink for Publisher {
+    /// Bad records go to the dead-letter topic; the acknowledgement awaits the deliveries
+    /// in the batch's order.
+    async fn send(&self, records: &[Record]) -> Result<Acknowledgement, SinkError> {
+        let mut pending = Vec::with_capacity(records.len());
+        for record in records {
+            let (event, dead_letter) = match &record.body {
+                RecordBody::Bad { reason, raw } => (self.format().dead_letter(record, reason, raw), true),
+                _ => (self.format().encode(record), false),
+            };
+            let topic = if dead_letter { &self.spec.dead_letter_topic } else { &self.spec.topic };
+            let bytes = event.payload().map_or(0, <[u8]>::len);
+            let p = match self.enqueue(topic, event).await {
+                Ok(delivery) => Pending { delivery, dead_letter },
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => self.too_large(record, bytes).await?,
+                Err(e) => return Err(SinkError::Send(e.to_string())),
+            };
+            pending.push(p);
+        }
+        Ok(Box::pin(acknowledge(pending)))
+    }
+
+    /// A fatal error leaves the producer unusable. A message librdkafka refused or gave up
+    /// on may come from a stale view of the cluster (after a broker restart it can believe
+    /// a topic is missing until its next metadata refresh, minutes away), so any publishing
+    /// failure gets a fresh producer too. Under `exactly_once` the fresh producer's
+    /// `init_transactions` also aborts what the old one left open.
+    fn needs_rebuild(&self, failure: Option<&SinkError>) -> Option<String> {
+        match (self.producer.client().fatal_error(), failure) {
+            (Some((code, reason)), _) => Some(format!("fatal producer error: {code:?}: {reason}")),
+            (None, Some(e)) => Some(e.to_string()),
+            (None, None) => None,
+        }
+    }
+
+    async fn rebuild(&mut self) -> Result<(), SinkError> {
+        let fresh = Self::connect(self.spec.clone()).await?;
+        // Tearing the old one down waits for its threads: not on an async worker.
+        let old = std::mem::replace(self, fresh);
+        tokio::task::spawn_blocking(move || drop(old));
+        Ok(())
+    }
+}
+
+impl TransactionalSink for Publisher {
+    fn begin(&self) -> Result<(), SinkError> {
+        self.transactional()?;
+        self.producer.begin_transaction().map_err(kafka_error(SinkError::Transaction))
+    }
+
+    /// The checkpoint joins the transaction as a record of the Kafka checkpoint store;
+    /// `commit_transaction` flushes, so it fails if any message in it was not acknowledged.
+    async fn commit(&self, cp: &Checkpoint) -> Result<(), SinkError> {
+        let topic = &self.transactional()?.checkpoint_topic;
+        let value = KafkaStore::value(cp);
+        let event = Event { key: &cp.pipeline, value: Some(Cow::Borrowed(&value)), headers: OwnedHeaders::new() };
+        self.enqueue(topic, event).await.map_err(kafka_error(SinkError::Send))?;
+        let producer = self.producer.clone();
+        blocking(move || producer.commit_transaction(TRANSACTION_TIMEOUT)).await.map_err(kafka_error(SinkError::Transaction))
+    }
+
+    async fn abort(&self) -> Result<(), SinkError> {
+        let producer = self.producer.clone();
+        blocking(move || producer.abort_transaction(TRANSACTION_TIMEOUT)).await.map_err(kafka_error(SinkError::Transaction))
+    }
+}
+
+async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), SinkError> {
+    let admin: AdminClient<_> = cfg.create().map_err(kafka_error(SinkError::Config))?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)))
@@ -263,12 +281,92 @@ async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, rep
     let results = admin
         .create_topics(&new, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
         .await
-        .map_err(|e| PublishError::Topic { topic: topics.join(", "), reason: e.to_string() })?;
+        .map_err(|e| SinkError::Topic { topic: topics.join(", "), reason: e.to_string() })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
-            Err((topic, code)) => return Err(PublishError::Topic { topic, reason: code.to_string() }),
+            Err((topic, code)) => return Err(SinkError::Topic { topic, reason: code.to_string() }),
         }
     }
     Ok(())
+}
+
+/// The Kafka sink on librdkafka's in-process mock cluster: acknowledgements, dead
+/// letters, refused deliveries and a transaction whose checkpoint the Kafka store reads back.
+#[cfg(test)]
+mod tests {
+    use chrono::{DateTime, Utc};
+    use rdkafka::mocking::MockCluster;
+    use rdkafka::types::{RDKafkaApiKey, RDKafkaRespErr};
+
+    use super::*;
+    use crate::config::Envelope;
+
+    fn spec(mock: &MockCluster<'_, rdkafka::producer::DefaultProducerContext>, transactional: Option<Transactional>) -> PublisherSpec {
+        let properties = [("message.timeout.ms", "2000"), ("retry.backoff.ms", "20")].into_iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        mock.create_topic("orders", 3, 1).unwrap();
+        mock.create_topic("orders.dlq", 1, 1).unwrap();
+        PublisherSpec {
+            kafka: KafkaConfig { brokers: mock.bootstrap_servers(), properties },
+            format: EventFormat { envelope: Envelope::Binary, source: "test".into(), pipeline: "p".into() },
+            topic: "orders".into(),
+            dead_letter_topic: "orders.dlq".into(),
+            partitions: 3,
+            replication_factor: 1,
+            on_bad_record: OnBadRecord::DeadLetter,
+            transactional,
+        }
+    }
+
+    fn records(n: usize) -> Vec<Record> {
+        (0..n)
+            .map(|i| Record {
+                key: i.to_string(),
+                updated_at: DateTime::<Utc>::UNIX_EPOCH,
+                body: if i == 3 { RecordBody::Bad { reason: "no id".into(), raw: b"{}".to_vec() } } else { RecordBody::Document(format!("{{\"id\":{i}}}")) },
+            })
+            .collect()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_batch_is_acknowledged_with_its_dead_letters() {
+        let mock = MockCluster::new(1).unwrap();
+        let sink = Publisher::connect(spec(&mock, None)).await.unwrap();
+        let delivered = sink.send(&records(10)).await.unwrap().await.unwrap();
+        assert_eq!(delivered, Delivered { events: 9, dead_lettered: 1 });
+        assert!(sink.needs_rebuild(None).is_none());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_refused_delivery_fails_the_batch_and_asks_for_a_new_producer() {
+        let mock = MockCluster::new(1).unwrap();
+        let sink = Publisher::connect(spec(&mock, None)).await.unwrap();
+        mock.request_errors(RDKafkaApiKey::Produce, &vec![RDKafkaRespErr::RD_KAFKA_RESP_ERR_NOT_LEADER_FOR_PARTITION; 10_000]);
+        let failed = sink.send(&records(5)).await.unwrap().await.unwrap_err();
+        assert!(failed.is_delivery() && failed.is_retriable(), "{failed}");
+        assert!(sink.needs_rebuild(Some(&failed)).is_some());
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_transaction_commits_its_checkpoint_for_the_store_to_read_back() {
+        let mock = MockCluster::new(1).unwrap();
+        mock.create_topic("checkpoints", 1, 1).unwrap();
+        let transactional = Transactional { id: "order-cdc.p".into(), checkpoint_topic: "checkpoints".into() };
+        let spec = spec(&mock, Some(transactional));
+        let store = KafkaStore::new(spec.kafka.clone(), "checkpoints");
+        let sink = Publisher::connect(spec).await.unwrap();
+        sink.begin().unwrap();
+        let ack = sink.send(&records(4)).await.unwrap();
+        assert_eq!(ack.await.unwrap(), Delivered { events: 3, dead_lettered: 1 });
+        let cp = Checkpoint::new("p", "test", serde_json::json!({"at": 4}));
+        TransactionalSink::commit(&sink, &cp).await.unwrap();
+        assert_eq!(store.load("p").await.unwrap().map(|c| c.position), Some(cp.position));
+        // A transaction that is aborted leaves the committed checkpoint as it was.
+        sink.begin().unwrap();
+        sink.send(&records(2)).await.unwrap().await.unwrap();
+        sink.abort().await.unwrap();
+        sink.begin().unwrap();
+        TransactionalSink::commit(&sink, &Checkpoint::new("p", "test", serde_json::json!({"at": 6}))).await.unwrap();
+        assert_eq!(store.load("p").await.unwrap().map(|c| c.position), Some(serde_json::json!({"at": 6})));
+    }
 }

@@ -143,7 +143,6 @@ pub struct ExportApiSource {
     /// The current run was started by this process: its cutoff, the API's clock at its
     /// first request, comes after every change committed before the source started.
     covers_start: bool,
-    metrics: PipelineMetrics,
     /// The next page's request, started as soon as its cursor was known.
     prefetch: Option<Prefetch>,
 }
@@ -234,8 +233,8 @@ impl ExportApiSource {
         let endpoint = identity(&cfg);
         // Not the URL itself in the message: it may hold credentials.
         url::Url::parse(&endpoint).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
-        let client = Client { http, token: cfg.token.clone(), max_response_bytes: cfg.max_response_bytes, metrics: metrics.clone() };
-        Ok(Self { cfg, endpoint, client, read: Position::at(timestamp::epoch()), covers_start: false, metrics, prefetch: None })
+        let client = Client { http, token: cfg.token.clone(), max_response_bytes: cfg.max_response_bytes, metrics };
+        Ok(Self { cfg, endpoint, client, read: Position::at(timestamp::epoch()), covers_start: false, prefetch: None })
     }
 
     /// The request for the read position. As seed 000 shows it: a run starts with `since`
@@ -277,11 +276,10 @@ impl ExportApiSource {
                 // The cursor was refused (expired, signed by a key that rotated away...):
                 // start the run again from its since. Duplicates, never loss.
                 let detail = body.map(|b| excerpt(&b)).unwrap_or_default();
-                self.metrics.error("cursor_refused");
                 tracing::warn!(status = s.as_u16(), detail = %detail, since = %self.read.since, "the API refused the cursor; restarting the run from its since");
                 self.read.cursor = None;
                 self.read.cutoff = None;
-                return Err(http_error(Some(s.as_u16()), format!("cursor refused ({s}): {detail}"), true));
+                return Err(SourceError::CursorRefused { status: s.as_u16(), detail });
             }
             s => {
                 let detail = body.map(|b| excerpt(&b)).unwrap_or_default();

@@ -10,6 +10,7 @@ use std::future::Future;
 use chrono::{DateTime, Utc};
 
 use crate::config::SourceConfig;
+use crate::metrics::ErrorKind;
 
 /// One changed order, as the source gave it.
 #[derive(Debug, Clone)]
@@ -60,6 +61,10 @@ pub enum SourceError {
     Position(String),
     #[error("{message}")]
     Http { status: Option<u16>, message: String, retriable: bool, retry_after: Option<std::time::Duration> },
+    /// The API refused a continuation cursor (expired, signed by a rotated key): the run
+    /// starts again from its since.
+    #[error("cursor refused ({status}): {detail}")]
+    CursorRefused { status: u16, detail: String },
     #[error("{0}: check source.token")]
     Unauthorized(String),
 }
@@ -72,6 +77,7 @@ impl SourceError {
             Self::Connect { retriable, .. } => *retriable,
             Self::Query(_, retriable) => *retriable,
             Self::Http { retriable, .. } => *retriable,
+            Self::CursorRefused { .. } => true,
             Self::Setup(_) | Self::Position(_) | Self::Unauthorized(_) => false,
         }
     }
@@ -81,11 +87,19 @@ impl SourceError {
         match self {
             // A 200 that fails is its body: cut short or not the page JSON.
             Self::Http { status: Some(200), .. } => "malformed_page".into(),
-            Self::Http { status: Some(status), .. } => status.to_string(),
+            Self::Http { status: Some(status), .. } | Self::CursorRefused { status, .. } => status.to_string(),
             Self::Http { status: None, .. } | Self::Connect { .. } => "connection".into(),
             Self::Query(..) => "database".into(),
             Self::Unauthorized(_) => "unauthorized".into(),
             Self::Setup(_) | Self::Position(_) => "setup".into(),
+        }
+    }
+
+    /// The `kind` it is counted under in `order_cdc_errors_total`.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Self::CursorRefused { .. } => ErrorKind::CursorRefused,
+            _ => ErrorKind::Source,
         }
     }
 

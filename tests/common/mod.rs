@@ -118,11 +118,13 @@ pub struct Pipeline<'a> {
     pub brokers: Option<String>,
     /// Lines for `[kafka]`.
     pub kafka_extra: &'a str,
+    /// Lines for `[checkpoint]` (e.g. `store = "postgres"`).
+    pub checkpoint_extra: &'a str,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(db_url: &'a str, topic: &'a str) -> Self {
-        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "" }
+        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "", checkpoint_extra: "" }
     }
 
     /// A pipeline that polls an export API.
@@ -155,6 +157,7 @@ listen = "127.0.0.1:{port}"
 [checkpoint]
 dir = "{checkpoints}"
 topic = "{checkpoint_topic}"
+{checkpoint_extra}
 
 [pipelines.p]
 topic = "{topic}"
@@ -173,6 +176,7 @@ partitions = 3
             checkpoints = dir.path().join("checkpoints").display(),
             // Tests share the broker and all name their pipeline `p`.
             checkpoint_topic = unique("checkpoints"),
+            checkpoint_extra = p.checkpoint_extra,
             topic = p.topic,
             batch = p.batch_size,
             pipeline_extra = p.pipeline_extra,
@@ -396,6 +400,40 @@ pub fn latest_by_key(events: &[Event]) -> HashMap<String, Event> {
     let mut sorted: Vec<&Event> = events.iter().collect();
     sorted.sort_by_key(|e| (e.partition, e.offset));
     sorted.into_iter().map(|e| (e.key.clone(), e.clone())).collect()
+}
+
+/// Every expected order is on the topic, its newest event byte-equal to its document, and
+/// no other key is; returns how many events there are, and how many of them are duplicates.
+pub fn assert_topic_matches(topic: &str, expected: &HashMap<String, String>) -> (usize, usize) {
+    let events = read_topic(topic);
+    let latest = latest_by_key(&events);
+    let missing: Vec<&String> = expected.keys().filter(|k| !latest.contains_key(*k)).collect();
+    assert!(missing.is_empty(), "{} orders missing, e.g. {:?}", missing.len(), &missing[..missing.len().min(5)]);
+    for (id, doc) in expected {
+        assert_eq!(latest[id].text(), doc, "order {id}: the value is the source's document, byte for byte");
+    }
+    assert_eq!(latest.len(), expected.len(), "no order the source did not export");
+    (events.len(), events.len() - expected.len())
+}
+
+/// `rounds` times: starts `run --once`, waits until `checkpoint()` changes (progress) or
+/// the run ends, then SIGKILLs it a random moment later and reads `checkpoint()` again
+/// (a store that tears its checkpoint fails there). Returns how many runs were killed.
+pub fn kill_9_rounds<T: PartialEq>(setup: &Setup, rounds: usize, mut checkpoint: impl FnMut() -> T) -> usize {
+    let mut kills = 0;
+    for _ in 0..rounds {
+        let before = checkpoint();
+        let mut daemon = setup.spawn(&["run", "--once"]);
+        wait_until("progress", Duration::from_secs(60), || checkpoint() != before || daemon.try_wait().unwrap().is_some());
+        std::thread::sleep(Duration::from_millis(rand::random_range(0..400)));
+        if daemon.try_wait().unwrap().is_none() {
+            daemon.kill().unwrap(); // SIGKILL
+            kills += 1;
+        }
+        daemon.wait().unwrap();
+        checkpoint();
+    }
+    kills
 }
 
 /// Counts by key.

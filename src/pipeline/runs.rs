@@ -1,0 +1,82 @@
+//! Fetching batches run after run, shared by both delivery modes: transient source errors
+//! are retried in place (with `Retry-After` or backoff), a batch with a bad record is
+//! refused under `on_bad_record = "fail"`, and runs are paced by `poll_interval`.
+
+use std::time::Instant;
+
+use super::{PipelineError, Settings};
+use crate::backoff::Backoff;
+use crate::config::OnBadRecord;
+use crate::metrics::PipelineMetrics;
+use crate::shutdown::Shutdown;
+use crate::source::{Batch, RecordBody, Source};
+
+pub(super) struct Runs<'a> {
+    pub(super) settings: &'a Settings,
+    metrics: &'a PipelineMetrics,
+    once: bool,
+    shutdown: Shutdown,
+    backoff: Backoff,
+    started: Instant,
+}
+
+impl<'a> Runs<'a> {
+    pub(super) fn new(settings: &'a Settings, metrics: &'a PipelineMetrics, once: bool, shutdown: Shutdown) -> Self {
+        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now() }
+    }
+
+    /// The next batch; `None` once shutdown is asked for.
+    pub(super) async fn next<S: Source>(&mut self, source: &mut S) -> Result<Option<Batch>, PipelineError> {
+        loop {
+            let batch: Batch = tokio::select! {
+                fetched = source.next_batch() => match fetched {
+                    Ok(batch) => { self.backoff.reset(); batch }
+                    Err(e) if e.is_retriable() => {
+                        self.metrics.error(e.kind());
+                        self.metrics.source_retry(&e.retry_reason());
+                        let delay = e.retry_after().unwrap_or_else(|| self.backoff.next_delay());
+                        tracing::warn!(error = %e, retry_in = ?delay, "source request failed; retrying");
+                        tokio::select! {
+                            _ = tokio::time::sleep(delay) => continue,
+                            _ = self.shutdown.wait() => return Ok(None),
+                        }
+                    }
+                    Err(e) => return Err(e.into()),
+                },
+                _ = self.shutdown.wait() => return Ok(None),
+            };
+            if self.settings.on_bad_record == OnBadRecord::Fail {
+                if let Some((key, reason)) = batch.records.iter().find_map(|r| match &r.body {
+                    RecordBody::Bad { reason, .. } => Some((r.key.clone(), reason.clone())),
+                    _ => None,
+                }) {
+                    return Err(PipelineError::BadRecord { key, reason });
+                }
+            }
+            if let Some(holdback) = batch.cutoff_holdback {
+                self.metrics.cutoff_holdback.set(holdback.as_secs_f64());
+            }
+            return Ok(Some(batch));
+        }
+    }
+
+    /// After a batch is handed over: whether to go on. At the end of a run, `--once` is
+    /// done once a run that covers the source's start has ended; otherwise the next run starts a poll
+    /// interval after this one started.
+    pub(super) async fn go_on(&mut self, ends_run: bool, covers_start: bool) -> bool {
+        if !ends_run {
+            return true;
+        }
+        self.metrics.run_duration.observe(self.started.elapsed().as_secs_f64());
+        if self.once && covers_start {
+            return false;
+        }
+        let next = self.started + self.settings.poll_interval;
+        tokio::select! {
+            _ = tokio::time::sleep_until(next.into()) => {}
+            _ = self.shutdown.wait() => return false,
+        }
+        self.started = Instant::now();
+        true
+    }
+}
