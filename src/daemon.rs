@@ -116,8 +116,8 @@ async fn build(
         SourceConfig::ExportApi(cfg) => ConfiguredSource::ExportApi(ExportApiSource::open(cfg.clone(), pipeline_metrics.clone())?),
     };
     let store = checkpoint::store_for(config, p);
-    let transactional = match &store {
-        Store::Kafka(kafka_store) if p.delivery == Delivery::ExactlyOnce => {
+    let transactional = match (&store, p.delivery) {
+        (Store::Kafka(kafka_store), Delivery::ExactlyOnce) => {
             kafka_store.ensure_topic(p.replication_factor).await?;
             Some(Transactional { id: p.transactional_id(name), checkpoint_topic: kafka_store.topic().to_string() })
         }

@@ -6,10 +6,13 @@
 //! - its cursors expire: some are refused with 422 (not 400) and a plain-text reason;
 //! - it refuses `limit` next to `cursor` (the seed's continuation sends the cursor alone)
 //!   and answers an unknown query with 422;
-//! - it compresses its pages with gzip when the client accepts it.
+//! - it compresses its pages with gzip when the client accepts it;
+//! - it keeps sub-second change times behind its whole-second `updated_at` (as seed
+//!   001's example shows them), so its cutoffs and cursors have fractions when its clock
+//!   does, and two versions of one order can share an `updated_at`.
 //!
 //! The daemon must deliver every order, byte-equal, and start the next run at the
-//! verbatim `meta.cutoff`.
+//! verbatim `meta.cutoff`; two versions never share a `ce_id`.
 
 mod common;
 
@@ -32,7 +35,7 @@ const TOKEN: &str = "another-implementation";
 /// The store behind the fake API: documents by (updated_at, id), a clock the test moves.
 #[derive(Default)]
 struct Orders {
-    /// id → (updated_at in whole seconds, document)
+    /// id → (change time, document showing it in whole seconds)
     by_id: BTreeMap<u64, (DateTime<Utc>, String)>,
     now: DateTime<Utc>,
     /// Serial numbers of cursors the API issued, and those it refuses as expired.
@@ -57,8 +60,9 @@ fn error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "message": message }))).into_response()
 }
 
+/// A cutoff as the API writes it: a fraction only when there is one.
 fn stamp(t: DateTime<Utc>) -> String {
-    t.format("%Y-%m-%dT%H:%M:%SZ").to_string()
+    t.to_rfc3339_opts(chrono::SecondsFormat::AutoSi, true)
 }
 
 async fn export(State(orders): State<Shared>, headers: HeaderMap, Query(q): Query<HashMap<String, String>>) -> Response {
@@ -95,7 +99,7 @@ async fn export(State(orders): State<Shared>, headers: HeaderMap, Query(q): Quer
                 o.refused += 1;
                 return (StatusCode::UNPROCESSABLE_ENTITY, "The cursor has expired.").into_response();
             }
-            let at = |k: &str| DateTime::from_timestamp(payload[k].as_i64().unwrap_or(0), 0).unwrap();
+            let at = |k: &str| DateTime::from_timestamp_micros(payload[k].as_i64().unwrap_or(0)).unwrap();
             (at("since"), at("cutoff"), Some((at("after_at"), payload["after_id"].as_u64().unwrap_or(0))), payload["limit"].as_u64().unwrap_or(1000) as usize)
         }
         _ => return error(StatusCode::UNPROCESSABLE_ENTITY, "exactly one of since and cursor is required"),
@@ -117,7 +121,7 @@ async fn export(State(orders): State<Shared>, headers: HeaderMap, Query(q): Quer
     let next_cursor = if has_more {
         o.issued += 1;
         let (after_at, after_id) = last.unwrap();
-        let payload = json!({"n": o.issued, "since": since.timestamp(), "cutoff": cutoff.timestamp(), "after_at": after_at.timestamp(), "after_id": after_id, "limit": limit});
+        let payload = json!({"n": o.issued, "since": since.timestamp_micros(), "cutoff": cutoff.timestamp_micros(), "after_at": after_at.timestamp_micros(), "after_id": after_id, "limit": limit});
         json!(base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(payload.to_string()))
     } else {
         json!(null)
@@ -208,4 +212,60 @@ async fn second_precision_empty_last_pages_and_expiring_cursors_lose_nothing() {
     let events_after = block_in_place(|| assert_delivered(&topic, &orders));
     assert_eq!(events_after - events, changed, "exactly the changed orders, once each");
     assert_eq!(setup.checkpoint().unwrap()["position"]["since"], "2024-01-15T01:00:01Z");
+}
+
+/// Two updates of one order within one second, published by two `run --once` runs: the
+/// API shows both with one whole-second `updated_at`, and they are two versions, so two
+/// `ce_id`s (a consumer dropping equal `ce_source` + `ce_id` keeps both). A redelivery
+/// (checkpoint reset, run again) keeps each version's id.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn two_versions_within_one_second_have_two_event_ids_and_a_redelivery_keeps_them() {
+    let second: DateTime<Utc> = "2024-01-15T10:30:00Z".parse().unwrap();
+    let orders: Shared = Arc::default();
+    {
+        let mut o = orders.lock().unwrap();
+        o.put(7, second + Duration::milliseconds(100), "pending");
+        o.put(8, second + Duration::milliseconds(100), "pending");
+        o.now = second + Duration::milliseconds(300);
+    }
+    let base = start(orders.clone()).await;
+    let topic = unique("versions");
+    let setup = Setup::new(&Pipeline::export_api(&topic, &base, TOKEN, ""));
+    // Each run's events by key: (ce_id, document).
+    let by_key = |events: Vec<Event>| events.into_iter().map(|e| (e.key.clone(), (e.headers["ce_id"].clone(), e.text().to_string()))).collect::<HashMap<_, _>>();
+    let mut tail = block_in_place(|| {
+        setup.run_once();
+        TopicTail::new(&topic)
+    });
+    let first = block_in_place(|| by_key(tail.read_new()));
+    let mut run = |reset: bool| {
+        block_in_place(|| {
+            if reset {
+                let out = run_with_deadline(setup.command(&["checkpoint", "reset", "--pipeline", "p"]), std::time::Duration::from_secs(60));
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            }
+            setup.run_once();
+            by_key(tail.read_new())
+        })
+    };
+    assert_eq!(setup.checkpoint().unwrap()["position"]["since"], "2024-01-15T10:30:00.300Z", "the sub-second meta.cutoff, verbatim");
+    assert_eq!(run(true), first, "a redelivery of the same versions keeps their ids");
+
+    // The second version of order 7, within the same second.
+    {
+        let mut o = orders.lock().unwrap();
+        o.put(7, second + Duration::milliseconds(600), "shipped");
+        o.now = second + Duration::milliseconds(900);
+    }
+    let second_run = run(false);
+    assert_eq!(second_run.keys().collect::<Vec<_>>(), ["7"], "the next run brings the one change");
+    let (v1, v2) = (&first["7"], &second_run["7"]);
+    assert!(v1.1.contains("pending") && v2.1.contains("shipped"), "two versions: {} / {}", v1.1, v2.1);
+    assert!(v1.1.contains(r#""updated_at":"2024-01-15T10:30:00Z""#) && v2.1.contains(r#""updated_at":"2024-01-15T10:30:00Z""#));
+    assert_ne!(v1.0, v2.0, "two versions with one updated_at have two ce_ids");
+    assert!(v1.0.starts_with("7@1705314600000000:") && v2.0.starts_with("7@1705314600000000:"), "{} / {}", v1.0, v2.0);
+
+    let redelivered = run(true);
+    assert_eq!(redelivered["7"], *v2, "a redelivery keeps the id of the version");
+    assert_eq!(redelivered["8"], first["8"], "and of the order that did not change");
 }

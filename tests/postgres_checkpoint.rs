@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::*;
-use order_cdc::checkpoint::{self, Checkpoint, CheckpointError, PostgresStore, Store};
+use order_cdc::checkpoint::{self, Checkpoint, CheckpointError, CheckpointStore, PostgresStore, Store};
 use order_cdc::secret::SecretUrl;
 use serde_json::json;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};

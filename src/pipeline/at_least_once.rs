@@ -11,7 +11,7 @@ use chrono::{DateTime, Utc};
 use tokio::sync::mpsc;
 
 use super::in_flight::InFlight;
-use super::{PipelineError, Runs, Target};
+use super::{CommitContext, PipelineError, Runs};
 use crate::checkpoint::CheckpointStore;
 use crate::sink::{Acknowledgement, Sink};
 use crate::source::Source;
@@ -29,7 +29,7 @@ pub(super) async fn attempt<S: Source, K: Sink, C: CheckpointStore>(
     source: &mut S,
     sink: &K,
     store: &C,
-    target: Target<'_>,
+    target: CommitContext<'_>,
     runs: Runs<'_>,
 ) -> Result<(), PipelineError> {
     let (tx, rx) = mpsc::channel::<Sent>(runs.settings.max_in_flight_batches);
@@ -52,7 +52,7 @@ pub(super) async fn attempt<S: Source, K: Sink, C: CheckpointStore>(
     }
 }
 
-async fn feed<S: Source, K: Sink>(source: &mut S, sink: &K, target: Target<'_>, tx: mpsc::Sender<Sent>, mut runs: Runs<'_>) -> Result<(), PipelineError> {
+async fn feed<S: Source, K: Sink>(source: &mut S, sink: &K, target: CommitContext<'_>, tx: mpsc::Sender<Sent>, mut runs: Runs<'_>) -> Result<(), PipelineError> {
     while let Some(batch) = runs.next(source).await? {
         let sent_at = Instant::now();
         let mut in_flight = InFlight::new(&target.metrics.in_flight);
@@ -70,7 +70,7 @@ async fn feed<S: Source, K: Sink>(source: &mut S, sink: &K, target: Target<'_>, 
     Ok(())
 }
 
-async fn commit<C: CheckpointStore>(store: &C, target: Target<'_>, mut rx: mpsc::Receiver<Sent>) -> Result<(), PipelineError> {
+async fn commit<C: CheckpointStore>(store: &C, target: CommitContext<'_>, mut rx: mpsc::Receiver<Sent>) -> Result<(), PipelineError> {
     while let Some(Sent { ack, position, watermark, sent_at, in_flight }) = rx.recv().await {
         let acknowledged = target.acknowledged(ack).await;
         drop(in_flight);

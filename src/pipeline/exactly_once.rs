@@ -11,16 +11,18 @@ use std::time::Instant;
 use chrono::{DateTime, Utc};
 
 use super::in_flight::InFlight;
-use super::{PipelineError, Runs, Target};
+use super::{CommitContext, PipelineError, Runs};
 use crate::sink::{Acknowledgement, Delivered, TransactionalSink};
 use crate::source::Source;
 
-pub(super) async fn attempt<S: Source, K: TransactionalSink>(source: &mut S, sink: &K, target: Target<'_>, mut runs: Runs<'_>) -> Result<(), PipelineError> {
+pub(super) async fn attempt<S: Source, K: TransactionalSink>(source: &mut S, sink: &K, target: CommitContext<'_>, mut runs: Runs<'_>) -> Result<(), PipelineError> {
     let mut open = None;
     let result = transact(source, sink, target, &mut runs, &mut open).await;
     if let (Err(error), Some(_)) = (&result, open) {
-        // Whatever it held stays invisible to read_committed consumers; if even the abort
-        // fails, the next attempt's begin fails too and the supervisor rebuilds the producer.
+        // Whatever it held stays invisible to read_committed consumers, also when this
+        // attempt was the pipeline's last (shutdown, a bad record). An abort that fails
+        // leaves it to the producer's transaction timeout, or to the next producer's
+        // init_transactions.
         if let Err(abort) = sink.abort().await {
             tracing::warn!(pipeline = %target.pipeline, %error, %abort, "aborting the open transaction failed");
         }
@@ -31,7 +33,7 @@ pub(super) async fn attempt<S: Source, K: TransactionalSink>(source: &mut S, sin
 async fn transact<S: Source, K: TransactionalSink>(
     source: &mut S,
     sink: &K,
-    target: Target<'_>,
+    target: CommitContext<'_>,
     runs: &mut Runs<'_>,
     open: &mut Option<Transaction>,
 ) -> Result<(), PipelineError> {
@@ -48,17 +50,24 @@ async fn transact<S: Source, K: TransactionalSink>(
         txn.position = batch.position;
         txn.watermark = batch.watermark.or(txn.watermark);
         if batch.ends_run || txn.acks.len() >= runs.settings.batches_per_transaction {
-            open.take().expect("a transaction is open").commit(sink, target).await?;
+            commit(open, sink, target).await?;
         }
         if !runs.go_on(batch.ends_run, batch.covers_start).await {
             break;
         }
     }
     // Shutdown: what is published so far is consistent with its checkpoint.
-    match open.take() {
-        Some(txn) => txn.commit(sink, target).await,
-        None => Ok(()),
+    commit(open, sink, target).await
+}
+
+/// Commits the open transaction, if any. It stays open (for the abort) until the commit
+/// has succeeded.
+async fn commit<K: TransactionalSink>(open: &mut Option<Transaction>, sink: &K, target: CommitContext<'_>) -> Result<(), PipelineError> {
+    if let Some(txn) = open {
+        txn.commit(sink, target).await?;
+        *open = None; // and with it, its events leave the in-flight gauge
     }
+    Ok(())
 }
 
 /// An open transaction's batches.
@@ -72,23 +81,22 @@ struct Transaction {
 }
 
 impl Transaction {
-    fn new(target: Target<'_>) -> Self {
+    /// An empty transaction; its first batch sets the position.
+    fn new(target: CommitContext<'_>) -> Self {
         Self { sent_at: Instant::now(), acks: Vec::new(), position: serde_json::Value::Null, watermark: None, in_flight: InFlight::new(&target.metrics.in_flight) }
     }
 
     /// Awaits every acknowledgement, then adds the checkpoint and commits.
-    async fn commit<K: TransactionalSink>(self, sink: &K, target: Target<'_>) -> Result<(), PipelineError> {
-        let Self { sent_at, acks, position, watermark, in_flight } = self;
-        let batches = acks.len() as u64;
+    async fn commit<K: TransactionalSink>(&mut self, sink: &K, target: CommitContext<'_>) -> Result<(), PipelineError> {
+        let batches = self.acks.len() as u64;
         let mut delivered = Delivered::default();
-        for ack in acks {
+        for ack in std::mem::take(&mut self.acks) {
             delivered += target.acknowledged(ack).await?;
         }
         let committing = Instant::now();
-        sink.commit(&target.checkpoint(position)).await?;
-        drop(in_flight);
-        tracing::debug!(pipeline = target.pipeline, batches, events = delivered.events, commit = ?committing.elapsed(), open = ?sent_at.elapsed(), "transaction committed");
-        target.committed(batches, delivered, sent_at, watermark);
+        sink.commit(&target.checkpoint(self.position.clone())).await?;
+        tracing::debug!(pipeline = target.pipeline, batches, events = delivered.events, commit = ?committing.elapsed(), open = ?self.sent_at.elapsed(), "transaction committed");
+        target.committed(batches, delivered, self.sent_at, self.watermark);
         Ok(())
     }
 }

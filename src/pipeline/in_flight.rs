@@ -1,6 +1,8 @@
 //! The in-flight gauge, kept by guards: a guard adds its events when created or grown and
 //! takes them all away when dropped, whether the batch was committed, failed or abandoned
-//! on shutdown. No call site adjusts the gauge by hand, so it cannot drift.
+//! on shutdown. No call site adjusts the gauge by hand, so it cannot drift. A batch leaves
+//! the gauge whole: `at_least_once` once it is acknowledged, `exactly_once` once its
+//! transaction is committed (until then its events are not visible to `read_committed`).
 
 use prometheus::IntGauge;
 

@@ -100,10 +100,12 @@ impl<S: Source, K: TransactionalSink, C: CheckpointStore> Pipeline<S, K, C> {
         loop {
             let error = match self.attempt(once, shutdown.clone()).await {
                 Ok(()) => return Ok(()),
-                Err(e) if e.is_retriable() && !shutdown.is_triggered() => e,
-                Err(e) => return Err(e),
+                Err(e) => e,
             };
             self.metrics.error(error.kind());
+            if !error.is_retriable() || shutdown.is_triggered() {
+                return Err(error);
+            }
             tracing::warn!(pipeline = %self.name, error = %error, "resuming from the last checkpoint");
             tokio::select! {
                 _ = tokio::time::sleep(backoff.next_delay()) => {}
@@ -133,7 +135,7 @@ impl<S: Source, K: TransactionalSink, C: CheckpointStore> Pipeline<S, K, C> {
         let checkpoint = checkpoint::load_for(&self.store, &self.name, &self.source_identity).await?;
         self.source.restore(checkpoint.as_ref().map(|c| &c.position), self.settings.initial_since)?;
         let runs = Runs::new(&self.settings, &self.metrics, once, shutdown);
-        let target = Target { pipeline: &self.name, source_identity: &self.source_identity, metrics: &self.metrics };
+        let target = CommitContext { pipeline: &self.name, source_identity: &self.source_identity, metrics: &self.metrics };
         match self.settings.delivery {
             Delivery::AtLeastOnce => at_least_once::attempt(&mut self.source, &self.sink, &self.store, target, runs).await,
             Delivery::ExactlyOnce => exactly_once::attempt(&mut self.source, &self.sink, target, runs).await,
@@ -143,13 +145,13 @@ impl<S: Source, K: TransactionalSink, C: CheckpointStore> Pipeline<S, K, C> {
 
 /// What a delivery mode commits for: the pipeline's checkpoint identity and its metrics.
 #[derive(Clone, Copy)]
-struct Target<'a> {
+struct CommitContext<'a> {
     pipeline: &'a str,
     source_identity: &'a str,
     metrics: &'a PipelineMetrics,
 }
 
-impl Target<'_> {
+impl CommitContext<'_> {
     fn checkpoint(&self, position: serde_json::Value) -> checkpoint::Checkpoint {
         checkpoint::Checkpoint::new(self.pipeline, self.source_identity, position)
     }

@@ -29,6 +29,10 @@ impl<'a> Runs<'a> {
     pub(super) async fn next<S: Source>(&mut self, source: &mut S) -> Result<Option<Batch>, PipelineError> {
         loop {
             let batch: Batch = tokio::select! {
+                // Shutdown first: a page that is ready at once (prefetched) must not win
+                // the race against a shutdown already asked for.
+                biased;
+                _ = self.shutdown.wait() => return Ok(None),
                 fetched = source.next_batch() => match fetched {
                     Ok(batch) => { self.backoff.reset(); batch }
                     Err(e) if e.is_retriable() => {
@@ -43,7 +47,6 @@ impl<'a> Runs<'a> {
                     }
                     Err(e) => return Err(e.into()),
                 },
-                _ = self.shutdown.wait() => return Ok(None),
             };
             if self.settings.on_bad_record == OnBadRecord::Fail {
                 if let Some((key, reason)) = batch.records.iter().find_map(|r| match &r.body {
@@ -61,8 +64,8 @@ impl<'a> Runs<'a> {
     }
 
     /// After a batch is handed over: whether to go on. At the end of a run, `--once` is
-    /// done once a run that covers the source's start has ended; otherwise the next run starts a poll
-    /// interval after this one started.
+    /// done once a run that covers the source's start has ended; otherwise the next run
+    /// starts a poll interval after this one started.
     pub(super) async fn go_on(&mut self, ends_run: bool, covers_start: bool) -> bool {
         if !ends_run {
             return true;

@@ -1,15 +1,19 @@
 //! The pipeline core, proven without a broker: a fake source, sink and checkpoint store
 //! share one `World` that records what was acknowledged, committed and published, and
-//! fail on a random schedule (deliveries, sends, acknowledgements out of order, checkpoint
-//! reads and writes, producer fatal errors and rebuilds, shutdown at any step). Every
-//! commit checks the ack-before-commit rule as it happens; after a fault-free recovery run
-//! every record must be delivered (at least once, or exactly once in committed
-//! transactions), and the in-flight gauge must be back at 0.
+//! fail on a random schedule (sends, deliveries, checkpoint reads and writes, transaction
+//! commits, producers turning fatal, rebuilds, shutdown at any moment). The fake broker
+//! acknowledges each batch after its own random delay, whether or not anyone is waiting,
+//! so acknowledgements arrive out of order. Every commit checks the ack-before-commit rule
+//! as it happens; every attempt starts with the in-flight gauge at 0, no transaction open
+//! and no fatal producer; a pipeline that stops cleanly has committed all it sent; and
+//! after a fault-free restart every record is delivered (at least once, or exactly once
+//! in committed transactions).
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
+use prometheus::IntGauge;
 use proptest::prelude::*;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -18,7 +22,7 @@ use super::{Pipeline, Settings};
 use crate::checkpoint::{Checkpoint, CheckpointError, CheckpointStore};
 use crate::config::{Delivery, OnBadRecord};
 use crate::metrics::{Metrics, PipelineMetrics};
-use crate::shutdown::{self, ShutdownTrigger};
+use crate::shutdown;
 use crate::sink::{Acknowledgement, Delivered, Sink, SinkError, TransactionalSink};
 use crate::source::{Batch, Record, RecordBody, Source, SourceError};
 
@@ -33,8 +37,8 @@ struct Faults {
     checkpoint_write: u32,
     commit_failure: u32,
     rebuild_failure: u32,
-    /// Trigger shutdown after this many sends (`None`: never).
-    shutdown_after_sends: Option<usize>,
+    /// Trigger shutdown at this virtual time, in milliseconds (`None`: never).
+    shutdown_at: Option<u64>,
 }
 
 impl Faults {
@@ -47,7 +51,7 @@ impl Faults {
         checkpoint_write: 0,
         commit_failure: 0,
         rebuild_failure: 0,
-        shutdown_after_sends: None,
+        shutdown_at: None,
     };
 }
 
@@ -71,9 +75,15 @@ struct World {
     transaction: Option<OpenTransaction>,
     checkpoint: Option<Checkpoint>,
     committed_positions: Vec<usize>,
-    sends: usize,
+    /// The position after the last batch sent in this attempt.
+    sent_through: usize,
+    /// A fault failed this attempt (source errors are retried in place and do not).
+    faulted: bool,
+    /// The producer hit a fatal error: every call fails until it is rebuilt.
     fatal: bool,
-    shutdown: Option<ShutdownTrigger>,
+    rebuilds: usize,
+    aborts: usize,
+    in_flight: IntGauge,
     violations: Vec<String>,
 }
 
@@ -82,6 +92,25 @@ type Shared = Arc<Mutex<World>>;
 impl World {
     fn roll(&mut self, per_mille: u32) -> bool {
         per_mille > 0 && self.rng.random_range(0..1000) < per_mille
+    }
+
+    /// Rolls for a fault that fails the attempt.
+    fn strikes(&mut self, per_mille: u32) -> bool {
+        let strikes = self.roll(per_mille);
+        self.faulted |= strikes;
+        strikes
+    }
+
+    fn fatal(&mut self) -> Result<(), SinkError> {
+        self.faulted |= self.fatal;
+        match self.fatal {
+            true => Err(SinkError::Send("injected: the producer hit a fatal error".into())),
+            false => Ok(()),
+        }
+    }
+
+    fn position(&self) -> usize {
+        self.checkpoint.as_ref().map_or(0, position_of)
     }
 }
 
@@ -135,48 +164,48 @@ impl Sink for FakeSink {
         let indices: Vec<usize> = records.iter().map(index).collect();
         let (delay, fail_at) = {
             let mut w = self.world.lock().unwrap();
-            w.sends += 1;
-            if w.faults.shutdown_after_sends == Some(w.sends) {
-                w.shutdown.take().expect("one shutdown").trigger();
-            }
+            w.fatal()?;
             let f = w.faults;
-            if w.roll(f.fatal) {
-                w.fatal = true;
-                return Err(SinkError::Send("injected: fatal producer error".into()));
-            }
-            if w.roll(f.send_error) {
+            if w.strikes(f.send_error) {
                 return Err(SinkError::Send("injected: queue refused".into()));
             }
+            // A producer can turn fatal under a batch that is still delivered.
+            if w.strikes(f.fatal) {
+                w.fatal = true;
+            }
+            let fail_at = (!indices.is_empty() && w.strikes(f.delivery_failure)).then(|| w.rng.random_range(0..indices.len()));
             if self.transactional {
                 match w.transaction.as_mut() {
-                    Some(t) => t.records.extend(&indices),
+                    Some(t) => {
+                        t.records.extend(&indices);
+                        t.failed |= fail_at.is_some();
+                    }
                     None => w.violations.push("sent outside a transaction".into()),
                 }
             }
-            let fail_at = (!indices.is_empty() && w.roll(f.delivery_failure)).then(|| w.rng.random_range(0..indices.len()));
-            // Acknowledgements of different batches arrive in any order.
+            if let Some(&last) = indices.last() {
+                w.sent_through = last + 1;
+            }
             (Duration::from_millis(w.rng.random_range(0..50)), fail_at)
         };
+        // The broker answers on its own time, whether or not anyone awaits it yet.
         let (world, transactional) = (self.world.clone(), self.transactional);
-        Ok(Box::pin(async move {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        tokio::spawn(async move {
             tokio::time::sleep(delay).await;
-            let mut w = world.lock().unwrap();
             let delivered = &indices[..fail_at.unwrap_or(indices.len())];
             if !transactional {
+                let mut w = world.lock().unwrap();
                 for &i in delivered {
                     w.acknowledged[i] += 1;
                 }
             }
-            match fail_at {
-                Some(_) => {
-                    if let Some(t) = w.transaction.as_mut() {
-                        t.failed = true;
-                    }
-                    Err(SinkError::Delivery("injected: message timed out".into()))
-                }
+            let _ = tx.send(match fail_at {
+                Some(_) => Err(SinkError::Delivery("injected: message timed out".into())),
                 None => Ok(Delivered { events: delivered.len() as u64, dead_lettered: 0 }),
-            }
-        }))
+            });
+        });
+        Ok(Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Canceled)) }))
     }
 
     fn needs_rebuild(&self, failure: Option<&SinkError>) -> Option<String> {
@@ -193,6 +222,7 @@ impl Sink for FakeSink {
         // A fresh transactional producer's init_transactions aborts what was left open.
         w.transaction = None;
         w.fatal = false;
+        w.rebuilds += 1;
         Ok(())
     }
 }
@@ -200,6 +230,7 @@ impl Sink for FakeSink {
 impl TransactionalSink for FakeSink {
     fn begin(&self) -> Result<(), SinkError> {
         let mut w = self.world.lock().unwrap();
+        w.fatal()?;
         if w.transaction.is_some() {
             return Err(SinkError::Transaction("a transaction is already open".into()));
         }
@@ -209,9 +240,10 @@ impl TransactionalSink for FakeSink {
 
     async fn commit(&self, cp: &Checkpoint) -> Result<(), SinkError> {
         let mut w = self.world.lock().unwrap();
+        w.fatal()?;
         let rate = w.faults.commit_failure;
-        if w.roll(rate) {
-            w.transaction = None; // Kafka aborts a transaction whose commit fails
+        if w.strikes(rate) {
+            // The transaction stays open, to be aborted.
             return Err(SinkError::Transaction("injected: commit failed".into()));
         }
         let Some(t) = w.transaction.take() else {
@@ -232,7 +264,10 @@ impl TransactionalSink for FakeSink {
     }
 
     async fn abort(&self) -> Result<(), SinkError> {
-        self.world.lock().unwrap().transaction = None;
+        let mut w = self.world.lock().unwrap();
+        w.fatal()?;
+        w.transaction = None;
+        w.aborts += 1;
         Ok(())
     }
 }
@@ -242,19 +277,32 @@ struct FakeStore {
 }
 
 impl CheckpointStore for FakeStore {
+    /// The start of an attempt: what the last one left behind is checked here.
     async fn load(&self, _pipeline: &str) -> Result<Option<Checkpoint>, CheckpointError> {
         let mut w = self.world.lock().unwrap();
+        if w.in_flight.get() != 0 {
+            let violation = format!("an attempt starts with {} events in flight", w.in_flight.get());
+            w.violations.push(violation);
+        }
+        if w.transaction.is_some() {
+            w.violations.push("an attempt starts with a transaction open".into());
+        }
+        if w.fatal {
+            w.violations.push("an attempt starts on a producer with a fatal error".into());
+        }
         let rate = w.faults.checkpoint_read;
-        if w.roll(rate) {
+        if w.strikes(rate) {
             return Err(CheckpointError::Kafka("injected: read failed".into()));
         }
+        w.sent_through = w.position();
+        w.faulted = false;
         Ok(w.checkpoint.clone())
     }
 
     async fn commit(&self, cp: &Checkpoint) -> Result<(), CheckpointError> {
         let mut w = self.world.lock().unwrap();
         let rate = w.faults.checkpoint_write;
-        if w.roll(rate) {
+        if w.strikes(rate) {
             return Err(CheckpointError::Kafka("injected: write failed".into()));
         }
         let position = position_of(cp);
@@ -281,7 +329,7 @@ struct Case {
     seed: u64,
 }
 
-fn world(case: &Case) -> Shared {
+fn world(case: &Case, metrics: &PipelineMetrics) -> Shared {
     Arc::new(Mutex::new(World {
         rng: StdRng::seed_from_u64(case.seed),
         faults: case.faults,
@@ -292,9 +340,12 @@ fn world(case: &Case) -> Shared {
         transaction: None,
         checkpoint: None,
         committed_positions: Vec::new(),
-        sends: 0,
+        sent_through: 0,
+        faulted: false,
         fatal: false,
-        shutdown: None,
+        rebuilds: 0,
+        aborts: 0,
+        in_flight: metrics.in_flight.clone(),
         violations: Vec::new(),
     }))
 }
@@ -324,30 +375,56 @@ fn runtime() -> tokio::runtime::Runtime {
 
 /// Runs the pipeline under the case's faults (it stops at the end of the run, on
 /// shutdown, or when it gives up), then once more without faults, and returns what the
-/// world saw and the gauge.
-fn play(case: &Case) -> (World, i64) {
+/// world saw.
+fn play(case: &Case) -> World {
     let metrics = Metrics::new().pipeline("p");
-    let world = world(case);
+    let world = world(case, &metrics);
     runtime().block_on(async {
         let (trigger, shutdown) = shutdown::channel();
-        world.lock().unwrap().shutdown = Some(trigger);
-        if let Err(e) = pipeline(&world, case, OnBadRecord::DeadLetter, metrics.clone()).run(true, shutdown).await {
-            // A failure after shutdown was asked for ends the pipeline instead of a retry.
-            assert!(e.is_retriable() && world.lock().unwrap().shutdown.is_none(), "gave up: {e}");
+        if let Some(at) = case.faults.shutdown_at {
+            tokio::spawn(async move {
+                tokio::time::sleep(Duration::from_millis(at)).await;
+                trigger.trigger();
+            });
         }
-        // Recovery: a fresh process without faults.
+        let stopped = shutdown.clone();
+        match pipeline(&world, case, OnBadRecord::DeadLetter, metrics.clone()).run(true, shutdown).await {
+            // A pipeline whose last attempt stopped cleanly (shutdown, or the end of the
+            // run) has committed everything it sent.
+            Ok(()) => {
+                let mut w = world.lock().unwrap();
+                if !w.faulted && w.position() != w.sent_through {
+                    let violation = format!("stopped at position {} having sent through {}", w.position(), w.sent_through);
+                    w.violations.push(violation);
+                }
+            }
+            // A failure after shutdown was asked for ends the pipeline instead of a retry.
+            Err(e) => assert!(e.is_retriable() && stopped.is_triggered(), "gave up: {e}"),
+        }
+        // A pipeline that stops leaves no transaction open (unless even the abort failed).
+        {
+            let mut w = world.lock().unwrap();
+            if w.transaction.is_some() && !w.fatal {
+                w.violations.push("the pipeline stopped with a transaction open".into());
+            }
+        }
+        // Recovery: a fresh process (a new producer) without faults.
+        {
+            let mut w = world.lock().unwrap();
+            w.faults = Faults::NONE;
+            w.fatal = false;
+            w.transaction = None;
+        }
         let (_trigger, shutdown) = shutdown::channel();
-        world.lock().unwrap().faults = Faults::NONE;
         pipeline(&world, case, OnBadRecord::DeadLetter, metrics.clone()).run(true, shutdown).await.expect("a run without faults succeeds");
     });
-    let world = Arc::try_unwrap(world).ok().expect("the pipelines are gone").into_inner().unwrap();
-    (world, metrics.in_flight.get())
+    Arc::try_unwrap(world).ok().expect("the pipelines are gone").into_inner().unwrap()
 }
 
 fn check(case: &Case) -> Result<(), TestCaseError> {
-    let (world, in_flight) = play(case);
+    let world = play(case);
     prop_assert!(world.violations.is_empty(), "{:?}", world.violations);
-    prop_assert_eq!(in_flight, 0, "the in-flight gauge drifted");
+    prop_assert_eq!(world.in_flight.get(), 0, "the in-flight gauge drifted");
     prop_assert_eq!(world.checkpoint.as_ref().map(position_of), Some(case.records), "the recovery run ends at the last record");
     match case.delivery {
         Delivery::AtLeastOnce => {
@@ -360,8 +437,8 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
 }
 
 fn faults() -> impl Strategy<Value = Faults> {
-    (0u32..150, 0u32..60, 0u32..150, 0u32..40, 0u32..150, 0u32..150, 0u32..150, 0u32..300, proptest::option::weighted(0.3, 1usize..40)).prop_map(
-        |(source_error, send_error, delivery_failure, fatal, checkpoint_read, checkpoint_write, commit_failure, rebuild_failure, shutdown_after_sends)| Faults {
+    (0u32..150, 0u32..60, 0u32..150, 0u32..40, 0u32..150, 0u32..150, 0u32..150, 0u32..300, proptest::option::weighted(0.3, 0u64..3000)).prop_map(
+        |(source_error, send_error, delivery_failure, fatal, checkpoint_read, checkpoint_write, commit_failure, rebuild_failure, shutdown_at)| Faults {
             source_error,
             send_error,
             delivery_failure,
@@ -370,7 +447,7 @@ fn faults() -> impl Strategy<Value = Faults> {
             checkpoint_write,
             commit_failure,
             rebuild_failure,
-            shutdown_after_sends,
+            shutdown_at,
         },
     )
 }
@@ -402,20 +479,24 @@ proptest! {
 }
 
 /// The property tests could pass vacuously if no fault ever struck: with every fault
-/// frequent, attempts must fail and recover, and the error counter must show it.
+/// frequent, attempts must fail, producers be rebuilt and transactions aborted, and the
+/// error counter must show it.
 #[test]
 fn faults_do_strike() {
-    let faults = Faults { source_error: 200, send_error: 100, delivery_failure: 300, fatal: 50, checkpoint_read: 100, checkpoint_write: 200, commit_failure: 200, rebuild_failure: 200, shutdown_after_sends: None };
+    let faults = Faults { source_error: 200, send_error: 100, delivery_failure: 300, fatal: 50, checkpoint_read: 100, checkpoint_write: 200, commit_failure: 200, rebuild_failure: 200, shutdown_at: None };
     for delivery in [Delivery::AtLeastOnce, Delivery::ExactlyOnce] {
         let case = Case { delivery, records: 200, page: 5, in_flight: 3, per_transaction: 2, faults, seed: 7 };
-        let (world, in_flight) = play(&case);
+        let world = play(&case);
         assert!(world.violations.is_empty(), "{:?}", world.violations);
-        assert_eq!(in_flight, 0);
+        assert_eq!(world.in_flight.get(), 0);
+        assert!(world.rebuilds > 0, "no producer was rebuilt");
         match delivery {
-            Delivery::AtLeastOnce => assert!(world.acknowledged.iter().any(|&n| n > 1), "no record was redelivered: no fault struck"),
-            Delivery::ExactlyOnce => assert_eq!(world.published, (0..200).collect::<Vec<_>>()),
+            Delivery::AtLeastOnce => assert!(world.acknowledged.iter().any(|&n| n > 1), "no record was redelivered"),
+            Delivery::ExactlyOnce => {
+                assert!(world.aborts > 0, "no transaction was aborted");
+                assert_eq!(world.published, (0..200).collect::<Vec<_>>());
+            }
         }
-        assert!(world.committed_positions.len() > 200 / 5 / 2, "commits: {:?}", world.committed_positions);
     }
 }
 
@@ -425,9 +506,9 @@ fn faults_do_strike() {
 #[test]
 fn a_pipeline_stopped_inside_a_transaction_aborts_it() {
     let case = Case { delivery: Delivery::ExactlyOnce, records: 40, page: 2, in_flight: 1, per_transaction: 4, faults: Faults::NONE, seed: 1 };
-    let world = world(&case);
-    world.lock().unwrap().bad_record = Some(13); // the 3rd batch of the 2nd transaction
     let metrics = Metrics::new().pipeline("p");
+    let world = world(&case, &metrics);
+    world.lock().unwrap().bad_record = Some(13); // the 3rd batch of the 2nd transaction
     let (_trigger, shutdown) = shutdown::channel();
     let stopped = runtime().block_on(pipeline(&world, &case, OnBadRecord::Fail, metrics.clone()).run(true, shutdown));
     assert!(matches!(stopped, Err(super::PipelineError::BadRecord { .. })), "{stopped:?}");

@@ -201,7 +201,7 @@ impl Publisher {
     }
 
     fn transactional(&self) -> Result<&Transactional, SinkError> {
-        self.spec.transactional.as_ref().ok_or_else(|| SinkError::Transaction("the producer is not transactional".into()))
+        self.spec.transactional.as_ref().ok_or_else(|| SinkError::Config("the producer is not transactional".into()))
     }
 }
 

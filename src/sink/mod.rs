@@ -58,8 +58,8 @@ impl SinkError {
         matches!(self, Self::Send(_) | Self::Delivery(_) | Self::Canceled | Self::Transaction(_))
     }
 
-    /// The broker answered, and not with an acknowledgement (as opposed to the sink itself
-    /// failing): counted as a `failed` event.
+    /// An event was sent and never acknowledged (refused, timed out, or its producer went
+    /// away), as opposed to the sink failing to send: counted as a `failed` event.
     pub fn is_delivery(&self) -> bool {
         matches!(self, Self::Delivery(_) | Self::Canceled)
     }

@@ -143,8 +143,8 @@ impl PostgresSource {
     /// With `once` (`run --once`) its runs wait, bounded by `once_max_wait`, until their
     /// window holds every change committed before now.
     pub async fn open(cfg: PostgresSourceConfig, pipeline: &str, batch_size: usize, metrics: PipelineMetrics, once: bool) -> Result<Self, SourceError> {
-        let position = Position::at(crate::timestamp::epoch());
         let epoch = crate::timestamp::epoch();
+        let position = Position::at(epoch);
         let mut source = Self {
             cfg,
             pipeline: pipeline.to_string(),

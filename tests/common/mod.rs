@@ -365,6 +365,9 @@ impl TopicTail {
             .set("bootstrap.servers", brokers())
             .set("group.id", unique("test"))
             .set("enable.auto.commit", "false")
+            // Asked often for a few new events: no waiting on the broker for more.
+            .set("fetch.wait.max.ms", "10")
+            .set("fetch.error.backoff.ms", "10")
             .create()
             .expect("consumer");
         let metadata = consumer.fetch_metadata(Some(topic), Duration::from_secs(10)).expect("metadata");
