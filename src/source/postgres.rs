@@ -109,9 +109,13 @@ struct PendingPage {
 /// where PostgreSQL spends its time. Up to `parallelism` pages build their documents at
 /// once on their own connections, and pages are handed over strictly in key order.
 ///
-/// A document may be newer than its key (the order changed in between): it goes out now
-/// and again in the next run, which is a duplicate, never a loss. An order that vanished
-/// or stopped matching the filter in between is left out, as if the key walk had come later.
+/// An order may change between its key and its document. Its new `updated_at` is then at
+/// or past the run's cutoff (the late-commit guard holds the cutoff below every open
+/// transaction), so the document query leaves it out and the next run, whose window
+/// holds the new `updated_at`, publishes it: each version once, never a version early and
+/// again later (which `exactly_once` consumers would see twice). An order that vanished
+/// or stopped matching the filter in between is left out too, as if the key walk had come
+/// later.
 pub struct PostgresSource {
     cfg: PostgresSourceConfig,
     pipeline: String,
@@ -321,7 +325,8 @@ impl PostgresSource {
                 first_keys: format!("{keys}{order}\n LIMIT $3"),
                 next_keys: format!("{keys}\n   AND (t.{upd}, t.{id}) > ({}, $5::text::{id_type}){order}\n LIMIT $3", ts_param(4)),
                 documents: format!(
-                    "SELECT t.{id}::text, t.{upd}::timestamptz, ({document})::text, {deleted}\n  FROM {table_sql} t\n WHERE t.{id} = ANY($1::text[]::{id_type}[]){filter}{order}"
+                    "SELECT t.{id}::text, t.{upd}::timestamptz, ({document})::text, {deleted}\n  FROM {table_sql} t\n WHERE t.{id} = ANY($1::text[]::{id_type}[]) AND t.{upd} < {}{filter}{order}",
+                    ts_param(2)
                 ),
             },
             precision,
@@ -381,7 +386,7 @@ impl PostgresSource {
             let metrics = metrics.clone();
             tokio::spawn(async move {
                 let begun = Instant::now();
-                let rows = worker.client.query(&worker.statement, &[&ids]).await;
+                let rows = worker.client.query(&worker.statement, &[&ids as &(dyn ToSql + Sync), &cutoff]).await;
                 Ok(observe(&metrics, begun, rows)?.iter().map(record).collect())
             })
         });
