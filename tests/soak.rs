@@ -138,6 +138,9 @@ impl Report {
         }
         assert_eq!(self.unknown_keys, 0, "keys on the topic that are no order");
         assert_eq!((self.missing, self.stale), (0, 0), "orders missing or stale on the topic");
+        if s.delivery == "exactly_once" {
+            assert_eq!(self.duplicates, 0, "a read_committed consumer saw a version twice under exactly_once");
+        }
     }
 }
 
