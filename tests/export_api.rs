@@ -144,6 +144,20 @@ async fn every_fault_ends_with_nothing_missing() {
     assert!(retries("connection") >= 3, "two resets and a timeout: {metrics}");
     assert!(retries("malformed_page") >= 2, "two truncated pages: {metrics}");
     assert!(retries("400") >= 1, "the refused cursor: {metrics}");
+    // Each failure is counted once in order_cdc_errors_total: a refused cursor as
+    // cursor_refused and not also as source (one snapshot, so the counts agree).
+    let sum = |name: &str, label: &str| -> u64 {
+        let series = format!("{name}{{");
+        metrics
+            .lines()
+            .filter(|l| l.starts_with(&series) && l.contains(r#"pipeline="p""#) && l.contains(label))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+            .sum()
+    };
+    let refused = sum("order_cdc_errors_total", r#"kind="cursor_refused""#);
+    assert!(refused >= 1, "{metrics}");
+    let retried = sum("order_cdc_source_retries_total", "reason=");
+    assert_eq!(refused + sum("order_cdc_errors_total", r#"kind="source""#), retried, "one error per retry: {metrics}");
     terminate(&daemon);
     let status = block_in_place(|| wait_for_exit(&mut daemon, Duration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     let stderr = setup.log();
