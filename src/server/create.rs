@@ -1,6 +1,11 @@
 //! `POST /sales-orders` (seed 004): every rule of the seed, checked before anything is
 //! written, reported together as field errors (422); a duplicate order number is a 409;
 //! success is a 201 with the full order document, built by PostgreSQL like the export's.
+//!
+//! Beyond seed 004 it takes what the wholesale listing (seed 002) shows: optional
+//! `customer_id` (an existing customer), `user_id` and `discount_total`; the order is
+//! placed when it is created (`placed_at`), and its first status enters the history as
+//! changed by `user:<user_id>` (else the database role).
 
 use std::collections::BTreeSet;
 use std::sync::Arc;
@@ -39,10 +44,13 @@ struct NewOrder {
     texts: Vec<(&'static str, Option<String>)>,
     dates: Vec<(&'static str, Option<NaiveDate>)>,
     company_id: Option<i64>,
+    customer_id: Option<i64>,
+    user_id: Option<i64>,
     bill_to: Option<Value>,
     ship_to: Option<Value>,
     total_tax: i64,
     total_shipping: i64,
+    discount_total: i64,
     custom_fields: Value,
     tags: Vec<String>,
     items: Vec<NewItem>,
@@ -222,6 +230,8 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     let notes: Vec<_> = NOTES.iter().map(|k| (*k, c.text(obj, k, k, false, None))).collect();
     let dates = DATES.iter().map(|k| (*k, c.date(obj, k, false))).collect();
     let company_id = c.integer(obj, "company_id", "company_id", false);
+    let customer_id = c.integer(obj, "customer_id", "customer_id", false);
+    let user_id = c.integer(obj, "user_id", "user_id", false);
     let bill_to = c.object(obj, "bill_to", "bill_to");
     let ship_to = c.object(obj, "ship_to", "ship_to");
     if company_id.is_none() && !c.errors.iter().any(|e| e.field == "company_id") {
@@ -233,6 +243,7 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     }
     let total_tax = c.money(obj, "total_tax", "total_tax");
     let total_shipping = c.money(obj, "total_shipping", "total_shipping");
+    let discount_total = c.money(obj, "discount_total", "discount_total");
     let custom_fields = c.object(obj, "custom_fields", "custom_fields").unwrap_or_else(|| Value::Object(Map::new()));
     let tags = c.tags(obj, "tags", "tags");
     let mut items = Vec::new();
@@ -267,6 +278,9 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     if product_total.saturating_add(total_tax).saturating_add(total_shipping) > MAX_CENTS {
         c.fail("items", "the order total is too large");
     }
+    if discount_total > product_total && !items.is_empty() {
+        c.fail("discount_total", "must not exceed the items' total");
+    }
     if !c.errors.is_empty() {
         return Err(ApiError::validation(c.errors));
     }
@@ -281,10 +295,13 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
         texts,
         dates,
         company_id,
+        customer_id,
+        user_id,
         bill_to,
         ship_to,
         total_tax,
         total_shipping,
+        discount_total,
         custom_fields,
         tags,
         items,
@@ -401,6 +418,11 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
             None => errors.push(FieldError { field: "company_id".into(), message: format!("company {company_id} does not exist") }),
         }
     }
+    if let Some(customer_id) = order.customer_id {
+        if tx.query_opt(&format!("SELECT 1 FROM {s}.customers WHERE id = $1"), &[&customer_id]).await.map_err(ApiError::database)?.is_none() {
+            errors.push(FieldError { field: "customer_id".into(), message: format!("customer {customer_id} does not exist") });
+        }
+    }
     let product_ids: Vec<i64> = order.items.iter().map(|i| i.product_id).collect();
     let known: BTreeSet<i64> = tx
         .query(&format!("SELECT id FROM {s}.products WHERE id = ANY($1)"), &[&product_ids])
@@ -419,7 +441,11 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
     }
 
     let product_total: i64 = order.items.iter().map(|i| i.quantity.saturating_mul(i.unit_price)).sum();
-    let total = product_total + order.total_tax + order.total_shipping;
+    let total = product_total - order.discount_total + order.total_tax + order.total_shipping;
+    // The status history's trigger reads who made the change from this setting.
+    if let Some(user_id) = order.user_id {
+        tx.execute("SELECT set_config('order_cdc.user', $1, true)", &[&format!("user:{user_id}")]).await.map_err(ApiError::database)?;
+    }
     let text = |k: &str| order.texts.iter().find(|(n, _)| *n == k).and_then(|(_, v)| v.clone());
     let date = |k: &str| order.dates.iter().find(|(n, _)| *n == k).and_then(|(_, v)| *v);
     let inserted = tx
@@ -428,9 +454,11 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
                 "INSERT INTO {s}.sales_orders (channel_id, order_number, order_date, order_status, customer_email,
                     customer_username, customer_po_number, requested_shipping_service, customer_notes, internal_notes,
                     ship_date, hold_until_date, ship_by_date, earliest_ship_date, company_id, bill_to, ship_to,
-                    product_total, total_tax, total_shipping, total_amount, custom_fields)
+                    product_total, total_tax, total_shipping, total_amount, custom_fields,
+                    customer_id, user_id, discount_total, placed_at)
                  VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17,
-                    $18::text::numeric, $19::text::numeric, $20::text::numeric, $21::text::numeric, $22)
+                    $18::text::numeric, $19::text::numeric, $20::text::numeric, $21::text::numeric, $22,
+                    $23, $24, $25::text::numeric, now())
                  RETURNING id"
             ),
             &[
@@ -456,6 +484,9 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
                 &money(order.total_shipping),
                 &money(total),
                 &order.custom_fields,
+                &order.customer_id,
+                &order.user_id,
+                &money(order.discount_total),
             ],
         )
         .await;

@@ -9,11 +9,13 @@ use super::StoreError;
 const CHUNK: i64 = 50_000;
 
 /// Inserts `orders` new orders with `items_per_order` items each (and a fulfillment order
-/// for every other one). Their `updated_at` values are spread one millisecond apart,
+/// for every other one), for 5,000 customers with codes; every order has a user, a
+/// placed time, a discount on every third one, and its first status in the history. Their `updated_at` values are spread one millisecond apart,
 /// ending now. Returns the number of orders inserted.
 ///
 /// Bulk loading skips the triggers (`session_replication_role = replica`, which needs a
-/// superuser): otherwise each item would touch its order once more.
+/// superuser): otherwise each item would touch its order once more. So the history's first
+/// entry, which the trigger would write, is written here.
 pub async fn load(client: &mut Client, orders: i64, items_per_order: i32) -> Result<i64, StoreError> {
     let end: DateTime<Utc> = client
         .query_one("SELECT now()", &[])
@@ -35,21 +37,36 @@ pub async fn load(client: &mut Client, orders: i64, items_per_order: i32) -> Res
         )
         .await
         .map_err(StoreError::db("loading products"))?;
+        tx.batch_execute(
+            "INSERT INTO customers (id, code, name, email)
+             SELECT 1000 + g, 'C' || lpad(g::text, 4, '0'), 'Customer ' || g, 'customer' || g || '@example.com'
+               FROM generate_series(0, 4999) g
+             ON CONFLICT DO NOTHING;
+             SELECT setval(pg_get_serial_sequence('customers', 'id'), greatest((SELECT max(id) FROM customers), 6000))",
+        )
+        .await
+        .map_err(StoreError::db("loading customers"))?;
         tx.execute(
             "WITH o AS (
                 INSERT INTO sales_orders (order_number, channel_id, order_status, order_date, customer_id,
                     customer_username, customer_email, bill_to, ship_to, product_total, total_tax,
-                    total_shipping, total_amount, created_at, updated_at)
+                    total_shipping, total_amount, created_at, updated_at, user_id, discount_total, placed_at,
+                    customer_po_number)
                 SELECT 'DEMO-' || md5(random()::text || g), 1,
                     (ARRAY['pending','awaiting_shipment','processing','shipped'])[1 + g % 4],
                     ($3::timestamptz)::date, 1000 + g % 5000, 'customer' || g % 5000,
                     'customer' || g % 5000 || '@example.com',
                     jsonb_build_object('name', 'Customer ' || g % 5000, 'city', 'Anytown', 'country', 'US'),
                     jsonb_build_object('name', 'Customer ' || g % 5000, 'city', 'Anytown', 'country', 'US'),
-                    99.98, 7.50, 5.00, 112.48, $3::timestamptz - interval '1 day',
-                    $3::timestamptz - ($1::bigint - g) * interval '1 millisecond'
+                    99.98, 7.50, 5.00, CASE WHEN g % 3 = 0 THEN 107.48 ELSE 112.48 END, $3::timestamptz - interval '1 day',
+                    $3::timestamptz - ($1::bigint - g) * interval '1 millisecond', 1 + g % 50,
+                    CASE WHEN g % 3 = 0 THEN 5.00 ELSE 0 END, $3::timestamptz - interval '1 day' + interval '1 minute',
+                    'PO-' || g
                   FROM generate_series($2::bigint + 1, $2::bigint + $4::bigint) g
-                RETURNING id, order_number, created_at, updated_at),
+                RETURNING id, order_number, order_status, created_at, updated_at, placed_at),
+             history AS (
+                INSERT INTO sales_order_status_history (sales_order_id, to_status, changed_by, changed_at)
+                SELECT o.id, o.order_status, 'demo-load', o.placed_at FROM o),
              items AS (
                 INSERT INTO sales_order_items (sales_order_id, line_number, product_id, sku, name, upc,
                     quantity, unit_price, tax, created_at, updated_at)

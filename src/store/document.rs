@@ -23,6 +23,9 @@ pub enum Json<'a> {
     Date(&'a str),
     /// A timestamp: UTC, microseconds, `Z`.
     Timestamp(&'a str),
+    /// A timestamp to the second, as seed 002 writes them: `YYYY-MM-DD HH:MM:SS` in UTC.
+    /// The fraction is cut, never rounded, so a row shows the second it falls in.
+    Second(&'a str),
     /// An SQL expression that already yields JSON text (never NULL).
     Raw(&'a str),
 }
@@ -35,6 +38,7 @@ impl Json<'_> {
             Json::Text(e) => format!("coalesce(to_json(({e})::text)::text, 'null')"),
             Json::Date(e) => format!(r#"coalesce('"' || to_char({e}, 'YYYY-MM-DD') || '"', 'null')"#),
             Json::Timestamp(e) => format!(r#"coalesce('"' || {} || '"', 'null')"#, ts(e)),
+            Json::Second(e) => format!(r#"coalesce('"' || to_char(({e}) AT TIME ZONE 'UTC', 'YYYY-MM-DD HH24:MI:SS') || '"', 'null')"#),
             Json::Raw(e) => e.to_string(),
         }
     }
