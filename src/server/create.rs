@@ -444,7 +444,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
     let total = product_total - order.discount_total + order.total_tax + order.total_shipping;
     // The status history's trigger reads who made the change from this setting.
     if let Some(user_id) = order.user_id {
-        tx.execute("SELECT set_config('order_cdc.user', $1, true)", &[&format!("user:{user_id}")]).await.map_err(ApiError::database)?;
+        tx.execute("SELECT set_config('order_cdc.changed_by', $1, true)", &[&format!("user:{user_id}")]).await.map_err(ApiError::database)?;
     }
     let text = |k: &str| order.texts.iter().find(|(n, _)| *n == k).and_then(|(_, v)| v.clone());
     let date = |k: &str| order.dates.iter().find(|(n, _)| *n == k).and_then(|(_, v)| *v);

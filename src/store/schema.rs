@@ -185,8 +185,8 @@ CREATE TRIGGER sales_orders_default_order_number BEFORE INSERT ON sales_orders
 /// tools) carry customer ids that have no `customers` row, and they must stay valid.
 ///
 /// The history is written by a trigger on every change of `order_status` (insert and
-/// update). Who changed it is `current_setting('order_cdc.user')`, which a writer sets for
-/// its transaction (`SET LOCAL order_cdc.user = 'alice'`); without it, the database role.
+/// update). Who changed it is `current_setting('order_cdc.changed_by')`, which a writer sets for
+/// its transaction (`SET LOCAL order_cdc.changed_by = 'alice'`); without it, the database role.
 ///
 /// The listing shows active orders only, so its sort and range columns get partial
 /// indexes on `status = 'Active'`: a page and its total are then index scans (the count an
@@ -230,7 +230,7 @@ BEGIN
     VALUES (NEW.id,
             CASE WHEN TG_OP = 'UPDATE' THEN OLD.order_status END,
             NEW.order_status,
-            coalesce(nullif(current_setting('order_cdc.user', true), ''), current_user),
+            coalesce(nullif(current_setting('order_cdc.changed_by', true), ''), current_user),
             now());
     RETURN NULL;
 END $$;
