@@ -203,6 +203,12 @@ async fn every_parameter_filters_sorts_and_pages() {
     assert_eq!((ids(&past), &past["meta"]["pagination"]["total"]), (vec![], &json!(11)));
     assert_eq!(ids_of(&server, "per_page=250").await.len(), 11);
     assert_eq!(ids_of(&server, "per_page=1&page=11").await, vec![11]);
+    // The route is described.
+    let spec: Value = server.http.get(format!("{}/openapi.json", server.base)).send().await.unwrap().json().await.unwrap();
+    let documented: Vec<&str> = spec["paths"]["/api/orders/"]["get"]["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    for name in ["status", "customer_id", "user_id", "order_number", "po_number", "q", "min_total", "max_total", "filter_on", "date_from", "date_to", "placed_from", "placed_to", "updated_since", "include", "sort", "page", "per_page", "api_key"] {
+        assert!(documented.contains(&name), "{name} is not in openapi.json");
+    }
     db.drop_db().await;
 }
 
@@ -519,5 +525,30 @@ async fn the_sync_pattern_uses_the_updated_at_index_on_a_million_orders() {
     assert_eq!(ids(&page).len(), 250);
     println!("loaded 1,000,000 orders in {loaded:?}; a page of 250 over HTTP in {:?} (meta.timings_ms {})", started.elapsed(), page["meta"]["timings_ms"]);
     assert!(started.elapsed() < Duration::from_secs(5));
+    db.drop_db().await;
+}
+
+/// `demo-load` fills what seed 002 shows: customers with codes, users, discounts, placed
+/// times, PO numbers and the first status in the history.
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_load_fills_the_listing() {
+    let (db, mut client) = TestDb::migrated().await;
+    assert_eq!(order_cdc::store::demo::load(&mut client, 300, 2).await.unwrap(), 300);
+    let server = TestServer::start(config(&db.url)).await;
+    let (status, page) = list(&server, "per_page=250&page=2&include=items,status_history&sort=-updated_at").await;
+    assert_eq!(status, 200, "{page}");
+    assert_eq!(page["meta"]["pagination"]["total"], 300);
+    assert_eq!(ids(&page).len(), 50);
+    for o in page["data"].as_array().unwrap() {
+        assert!(o["customer"]["code"].as_str().is_some_and(|c| c.starts_with('C')), "{o}");
+        assert!(o["user_id"].is_i64() && o["placed_at"].is_string() && o["po_number"].is_string(), "{o}");
+        let t = &o["totals"];
+        let sum = t["subtotal"].as_f64().unwrap() - t["discount_total"].as_f64().unwrap() + t["tax_total"].as_f64().unwrap() + t["shipping_total"].as_f64().unwrap();
+        assert!((sum - t["grand_total"].as_f64().unwrap()).abs() < 1e-6, "{o}");
+        assert_eq!(o["items"].as_array().unwrap().len(), 2);
+        assert_eq!(o["status_history"][0]["status"], o["status"]);
+        assert_eq!(o["status_history"][0]["changed_by"], "demo-load");
+    }
+    assert!(!ids_of(&server, "q=C0001&per_page=250").await.is_empty(), "customer codes are searched");
     db.drop_db().await;
 }
