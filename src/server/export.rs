@@ -94,15 +94,7 @@ pub async fn export(State(state): State<Arc<AppState>>, RawQuery(query): RawQuer
         _ => None,
     };
 
-    let size: usize = rows.iter().map(|r| r.get::<_, &str>(2).len() + 1).sum();
-    let mut body = String::with_capacity(size + 512);
-    body.push_str("{\"data\":[");
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(row.get::<_, &str>(2));
-    }
+    let mut body = super::documents_body("{\"data\":[", rows, 2, 512);
     body.push_str("],\"next_cursor\":");
     match &next_cursor {
         Some(c) => {

@@ -470,17 +470,7 @@ pub async fn list(State(state): State<Arc<AppState>>, headers: HeaderMap, RawQue
         "sort": listing.sort,
         "timings_ms": { "total": round(started.elapsed().as_secs_f64() * 1e3), "db": round(db_ms) },
     });
-    let size: usize = rows.iter().map(|r| r.get::<_, &str>(0).len() + 1).sum();
-    let mut body = String::with_capacity(size + 1024);
-    body.push_str("{\"meta\":");
-    body.push_str(&meta.to_string());
-    body.push_str(",\"data\":[");
-    for (i, row) in rows.iter().enumerate() {
-        if i > 0 {
-            body.push(',');
-        }
-        body.push_str(row.get::<_, &str>(0));
-    }
+    let mut body = super::documents_body(&format!("{{\"meta\":{meta},\"data\":["), &rows, 0, 2);
     body.push_str("]}");
     Ok(([(header::CONTENT_TYPE, "application/json")], body).into_response())
 }
