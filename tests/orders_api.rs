@@ -306,3 +306,79 @@ fn a_bad_per_page_or_timezone_is_a_configuration_error_naming_the_key() {
         assert!(!stderr.contains(API_KEY) && !stderr.contains("panicked"), "{stderr}");
     }
 }
+
+/// A filter the API refuses (400) stops the pipeline with the API's message, which names
+/// the parameter; nothing is published.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_filter_the_api_refuses_stops_the_pipeline_with_its_message() {
+    let portal = Portal::start(skewed()).await;
+    fill(&portal, 10, 10, Duration::minutes(5));
+    let topic = unique("portal_refused");
+    let setup = Setup::new(&Pipeline::orders_api(&topic, &portal.url, API_KEY, &source("filters = { customer_id = \"ACME\" }")));
+    let out = block_in_place(|| run_with_deadline(setup.command(&["run", "--once"]), StdDuration::from_secs(60)));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: pipeline p:") && stderr.contains("customer_id must be a whole number"), "{stderr}");
+    assert!(!stderr.contains(API_KEY), "{stderr}");
+    assert_eq!(portal.seen().refused, [(400, "customer_id must be a whole number.".to_string())], "refused once, not retried");
+    assert!(block_in_place(|| read_topic(&topic)).is_empty(), "nothing published");
+}
+
+/// The portal itself keeps to seed 002 and to its own rules, so the tests above test the
+/// source against what they say they do.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_portal_keeps_to_the_seed_and_its_own_rules() {
+    let portal = Portal::start(skewed()).await;
+    let last = fill(&portal, 5, 5, Duration::minutes(1));
+    let http = reqwest::Client::new();
+    let get = |query: &str, key: Option<&str>| {
+        let mut request = http.get(format!("{}?{query}", portal.url));
+        if let Some(key) = key {
+            request = request.header("X-API-Key", key);
+        }
+        async move {
+            let response = request.send().await.unwrap();
+            let (status, date) = (response.status().as_u16(), response.headers()["date"].to_str().unwrap().to_string());
+            (status, date, response.text().await.unwrap())
+        }
+    };
+    let error = |body: &str| serde_json::from_str::<serde_json::Value>(body).unwrap()["error"]["type"].as_str().unwrap().to_string();
+    let (status, _, body) = get("page=1", None).await;
+    assert_eq!((status, error(&body).as_str()), (401, "missing_api_key"));
+    assert!(body.contains("api_key is required (use X-API-Key header or api_key param)."), "the seed's message: {body}");
+    assert_eq!(get(&format!("api_key={API_KEY}"), None).await.0, 400, "the key as a parameter is refused");
+    assert_eq!(get("page=1", Some("nope")).await.0, 401);
+    for (query, status) in [("per_page=251", 422), ("per_page=0", 422), ("per_page=x", 400), ("sort=id", 400), ("filter_on=id", 400), ("date_from=yesterday", 400), ("include=notes", 400)] {
+        assert_eq!(get(query, Some(API_KEY)).await.0, status, "{query}");
+    }
+    let window = format!("filter_on=updated_at&date_from={}&date_to={}&sort=updated_at&per_page=2&page=3", last.format("%Y-%m-%d"), last.format("%Y-%m-%d %H:%M:%S"));
+    let (status, date, body) = get(&window, Some(API_KEY)).await;
+    assert_eq!(status, 200, "{body}");
+    let page: serde_json::Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(page["meta"]["pagination"], serde_json::json!({"page": 3, "per_page": 2, "total": 5, "total_pages": 3}));
+    assert_eq!(page["data"].as_array().unwrap().len(), 1, "OFFSET paging: the fifth order");
+    assert_eq!(page["data"][0]["updated_at"], last.format("%Y-%m-%dT%H:%M:%S").to_string(), "its own format, zone-less");
+    // Its Date header is its clock, 43 s behind ours.
+    let date = chrono::DateTime::parse_from_rfc2822(&date).unwrap();
+    let behind = chrono::Utc::now().signed_duration_since(date).num_seconds();
+    assert!((42..=45).contains(&behind), "the portal's clock is {behind} s behind");
+}
+
+/// The portal bites: a naive walk of `page=1, 2, …` over one window, with an order that
+/// was already read updated before each page, skips one order a page.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_naive_page_walk_over_the_portal_skips_orders() {
+    let portal = Portal::start(skewed()).await;
+    let last = fill(&portal, 200, 10, Duration::minutes(1));
+    // Before page k+1, order k+1 (of the first page) moves to the portal's now.
+    portal.orders().hook = Some(Box::new(|o: &mut Orders, pages: u64| o.touch(pages + 1)));
+    let http = reqwest::Client::new();
+    let mut read = std::collections::HashSet::new();
+    for page in 1..=10 {
+        let query = format!("filter_on=updated_at&date_from=2000-01-01&date_to={}&sort=updated_at&per_page=20&page={page}", last.format("%Y-%m-%d %H:%M:%S"));
+        let body: serde_json::Value = http.get(format!("{}?{query}", portal.url)).header("X-API-Key", API_KEY).send().await.unwrap().json().await.unwrap();
+        read.extend(body["data"].as_array().unwrap().iter().map(|o| o["id"].as_u64().unwrap()));
+    }
+    let skipped = (11..=200).filter(|id| !read.contains(id)).count();
+    assert!(skipped >= 9, "{skipped} orders skipped");
+}

@@ -312,6 +312,11 @@ fn validate(q: &HashMap<String, String>) -> Result<Page, (StatusCode, &'static s
     if !(1..=250).contains(&per_page) {
         return Err((StatusCode::UNPROCESSABLE_ENTITY, "validation_error", "per_page must be between 1 and 250.".into()));
     }
+    for name in ["customer_id", "user_id"] {
+        if q.get(name).is_some_and(|v| v.parse::<u64>().is_err()) {
+            return Err(bad(format!("{name} must be a whole number.")));
+        }
+    }
     let statuses = q.get("status").map(|s| s.split(',').map(str::to_string).collect());
     Ok(Page { column, from, to, statuses, include, sort, page, per_page })
 }
