@@ -142,6 +142,17 @@ impl Orders {
         self.put(id, status, now);
     }
 
+    /// What a busy portal does between two pages: `updates` random orders change (moving
+    /// out of any window that ends before now, so everything behind them moves up a
+    /// place) and one new order appears.
+    pub fn churn(&mut self, updates: usize) {
+        let last = *self.by_id.keys().next_back().expect("an order");
+        for _ in 0..updates {
+            self.touch(rand::random_range(1..=last));
+        }
+        self.create(last + 1, "confirmed");
+    }
+
     /// Every order's document as the daemon should have published it last (all sections
     /// included), by key.
     pub fn documents(&self) -> HashMap<String, String> {
