@@ -292,15 +292,15 @@ impl OrdersApi {
     /// A page of the sweep of `from`. Returns the records and whether the run ended.
     fn sweep_page(&mut self, listed: Vec<Listed>, total: Option<u64>, per_page: u64) -> Result<(Vec<Record>, bool), SourceError> {
         let from = self.from;
-        if listed.is_empty() && self.run.as_ref().and_then(|r| r.sweep.as_ref()).is_some_and(|s| s.page == 1) {
+        let run = self.run.as_mut().expect("a run is open");
+        let mut sweep = run.sweep.take().expect("sweeping");
+        if listed.is_empty() && sweep.page == 1 {
             // Page 1 of the window just showed a full page at `from`. Either they all
             // changed since (the window page, asked again, will say so), or the server's
             // `date_to` ends before the second it names: never take that as read.
             self.run = None;
             return Err(http::malformed(format!("date_from=date_to={} lists no order although that second holds some", Self::format(from))));
         }
-        let run = self.run.as_mut().expect("a run is open");
-        let sweep = run.sweep.as_mut().expect("sweeping");
         if sweep.page == 1 {
             sweep.total = total;
         } else if sweep.total != total {
@@ -312,18 +312,21 @@ impl OrdersApi {
         // Past the last page; counted by the total when there is one, since a server may
         // hand out fewer rows per page than asked.
         let pass_over = rows == 0 || total.map_or(rows < per_page, |t| sweep.rows >= t);
-        let at_from: Vec<Listed> = listed.into_iter().filter(|l| l.second.is_none_or(|s| s == from)).collect();
         let before = self.seen.len();
-        let records = self.take_new(at_from);
-        let run = self.run.as_mut().expect("a run is open");
-        let sweep = run.sweep.as_mut().expect("sweeping");
+        let records = self.take_new(listed);
         sweep.new_in_pass |= self.seen.len() > before;
+        let run = self.run.as_mut().expect("a run is open");
         if !pass_over {
             sweep.page += 1;
+            run.sweep = Some(sweep);
             return Ok((records, false));
         }
         let quiet = if sweep.new_in_pass { 0 } else { sweep.quiet_passes + 1 };
-        let whole = sweep.steady && sweep.total.is_none_or(|t| sweep.listed.len() as u64 >= t) && (sweep.total.is_some() || !sweep.new_in_pass);
+        let whole = sweep.steady
+            && match sweep.total {
+                Some(total) => sweep.listed.len() as u64 >= total,
+                None => !sweep.new_in_pass,
+            };
         if !(whole || quiet >= QUIET_PASSES) {
             tracing::debug!(second = %Self::format(from), "the second changed during its sweep; sweeping it again");
             run.sweep = Some(Sweep::new_pass(quiet));
@@ -332,11 +335,9 @@ impl OrdersApi {
         if !whole {
             tracing::warn!(second = %Self::format(from), total = ?sweep.total, listed = sweep.listed.len(), "the API's total promised more orders than its pages list; taking the second as read");
         }
-        run.sweep = None;
-        let to = run.to;
         self.from = from + TimeDelta::seconds(1);
         self.seen.clear();
-        Ok((records, self.from > to))
+        Ok((records, self.from > run.to))
     }
 }
 
