@@ -15,7 +15,7 @@
 //! * What was already published at `from` is skipped by the content hash of its bytes,
 //!   not by (id, second): an order that changes twice within one second is two versions.
 //! * A full page that is all one second (`M = from`) cannot move `from`: that second holds
-//!   more than a page. It is swept with `page=1, 2, …` over `[from, from + 1s]` until one
+//!   more than a page. It is swept with `page=1, 2, …` over `[from, from]` until one
 //!   whole pass saw the server's `total` steady on every page and at least `total`
 //!   distinct orders. A second that is over can only lose orders, so a steady total means
 //!   the set did not change during the pass and the pass saw all of it, in whatever order
@@ -290,10 +290,17 @@ impl OrdersApi {
     }
 
     /// A page of the sweep of `from`. Returns the records and whether the run ended.
-    fn sweep_page(&mut self, listed: Vec<Listed>, total: Option<u64>, per_page: u64) -> (Vec<Record>, bool) {
+    fn sweep_page(&mut self, listed: Vec<Listed>, total: Option<u64>, per_page: u64) -> Result<(Vec<Record>, bool), SourceError> {
         let from = self.from;
         let run = self.run.as_mut().expect("a run is open");
-        let sweep = run.sweep.as_mut().expect("sweeping");
+        let mut sweep = run.sweep.take().expect("sweeping");
+        if listed.is_empty() && sweep.page == 1 {
+            // Page 1 of the window just showed a full page at `from`. Either they all
+            // changed since (the window page, asked again, will say so), or the server's
+            // `date_to` ends before the second it names: never take that as read.
+            self.run = None;
+            return Err(http::malformed(format!("date_from=date_to={} lists no order although that second holds some", Self::format(from))));
+        }
         if sweep.page == 1 {
             sweep.total = total;
         } else if sweep.total != total {
@@ -305,32 +312,32 @@ impl OrdersApi {
         // Past the last page; counted by the total when there is one, since a server may
         // hand out fewer rows per page than asked.
         let pass_over = rows == 0 || total.map_or(rows < per_page, |t| sweep.rows >= t);
-        // Only `from` is swept; later seconds are read by page 1 of the window later.
-        let at_from: Vec<Listed> = listed.into_iter().filter(|l| l.second.is_none_or(|s| s == from)).collect();
         let before = self.seen.len();
-        let records = self.take_new(at_from);
-        let run = self.run.as_mut().expect("a run is open");
-        let sweep = run.sweep.as_mut().expect("sweeping");
+        let records = self.take_new(listed);
         sweep.new_in_pass |= self.seen.len() > before;
+        let run = self.run.as_mut().expect("a run is open");
         if !pass_over {
             sweep.page += 1;
-            return (records, false);
+            run.sweep = Some(sweep);
+            return Ok((records, false));
         }
         let quiet = if sweep.new_in_pass { 0 } else { sweep.quiet_passes + 1 };
-        let whole = sweep.steady && sweep.total.is_none_or(|t| sweep.listed.len() as u64 >= t) && (sweep.total.is_some() || !sweep.new_in_pass);
+        let whole = sweep.steady
+            && match sweep.total {
+                Some(total) => sweep.listed.len() as u64 >= total,
+                None => !sweep.new_in_pass,
+            };
         if !(whole || quiet >= QUIET_PASSES) {
             tracing::debug!(second = %Self::format(from), "the second changed during its sweep; sweeping it again");
             run.sweep = Some(Sweep::new_pass(quiet));
-            return (records, false);
+            return Ok((records, false));
         }
         if !whole {
             tracing::warn!(second = %Self::format(from), total = ?sweep.total, listed = sweep.listed.len(), "the API's total promised more orders than its pages list; taking the second as read");
         }
-        run.sweep = None;
-        let to = run.to;
         self.from = from + TimeDelta::seconds(1);
         self.seen.clear();
-        (records, self.from > to)
+        Ok((records, self.from > run.to))
     }
 }
 
@@ -353,7 +360,7 @@ impl Dialect for OrdersApi {
         let per_page = self.cfg.per_page.to_string();
         let (page, to) = match &self.run {
             None => (1, None),
-            Some(Run { sweep: Some(s), .. }) => (s.page, Some(self.from + TimeDelta::seconds(1))),
+            Some(Run { sweep: Some(s), .. }) => (s.page, Some(self.from)),
             Some(Run { to, sweep: None }) => (1, Some(*to)),
         };
         {
@@ -407,7 +414,7 @@ impl Dialect for OrdersApi {
         let run = self.run.as_ref().expect("a run is open");
         let to = run.to;
         let (records, ends_run) = if run.sweep.is_some() {
-            self.sweep_page(listed, total, per_page)
+            self.sweep_page(listed, total, per_page)?
         } else {
             // Counted by the total when there is one, since a server may hand out fewer
             // rows per page than asked.
@@ -424,5 +431,250 @@ impl Dialect for OrdersApi {
             self.run = None;
         }
         Ok(Batch { records, position: self.position(), ends_run, covers_start, cutoff_holdback: None, watermark })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    //! The walk against a model portal that does what real ones do to a reader: orders
+    //! updated and created at every request, late writes inside the settle margin, many
+    //! orders in one second, ties listed in a fresh random order on every request, fewer
+    //! rows per page than asked, and crashes that resume from any committed position.
+
+    use std::collections::{BTreeMap, HashMap};
+
+    use proptest::prelude::*;
+    use rand::rngs::StdRng;
+    use rand::{Rng, SeedableRng};
+
+    use super::*;
+
+    const SETTLE: i64 = 2;
+    const START: i64 = 1_750_000_000;
+
+    /// A configuration with every default but these.
+    fn config(per_page: u32) -> OrdersApiSourceConfig {
+        let toml = format!("url = 'http://portal.test/api/orders/'\napi_key = 'k'\nper_page = {per_page}\nsettle = '{SETTLE}s'");
+        config::Config::builder().add_source(config::File::from_str(&toml, config::FileFormat::Toml)).build().unwrap().try_deserialize().unwrap()
+    }
+
+    struct Portal {
+        rng: StdRng,
+        now: i64,
+        /// id → (second, version)
+        orders: BTreeMap<u64, (i64, u32)>,
+        /// Where an order sits among the orders of its second: undocumented, and drawn
+        /// again on every write, as a table's physical order moves when a row is updated.
+        place: HashMap<u64, u64>,
+        next_id: u64,
+        /// Rows per page the portal hands out at most, whatever is asked.
+        cap: usize,
+    }
+
+    fn doc(id: u64, (second, version): (i64, u32)) -> String {
+        let at = DateTime::from_timestamp(second, 0).unwrap().naive_utc().format("%Y-%m-%dT%H:%M:%S");
+        format!(r#"{{"id":{id},"version":{version},"updated_at":"{at}"}}"#)
+    }
+
+    impl Portal {
+        fn write(&mut self, id: u64) {
+            // A write may commit up to SETTLE - 1 s after the second it is stamped with.
+            let second = self.now - self.rng.random_range(0..SETTLE);
+            let version = self.orders.get(&id).map_or(1, |o| o.1 + 1);
+            self.orders.insert(id, (second.max(self.orders.get(&id).map_or(0, |o| o.0)), version));
+            self.place.insert(id, self.rng.random());
+        }
+
+        fn load(&mut self, second: i64) {
+            self.next_id += 1;
+            self.orders.insert(self.next_id, (second, 1));
+            self.place.insert(self.next_id, self.rng.random());
+        }
+
+        fn churn(&mut self) {
+            self.now += self.rng.random_range(0..=1);
+            for _ in 0..self.rng.random_range(0..=2) {
+                if self.rng.random_bool(0.5) && !self.orders.is_empty() {
+                    let id = *self.orders.keys().nth(self.rng.random_range(0..self.orders.len())).unwrap();
+                    self.write(id);
+                } else {
+                    self.next_id += 1;
+                    self.write(self.next_id);
+                }
+            }
+        }
+
+        fn answer(&mut self, url: &url::Url) -> (Vec<u8>, DateTime<Utc>) {
+            let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
+            let parse = |k: &str| q.get(k).map(|v| NaiveDateTime::parse_from_str(v, TIME_FORMAT).unwrap().and_utc().timestamp());
+            let (from, to) = (parse("date_from").unwrap(), parse("date_to").unwrap_or(i64::MAX));
+            let page: usize = q["page"].parse().unwrap();
+            let per_page = q["per_page"].parse::<usize>().unwrap().min(self.cap);
+            let mut rows: Vec<(i64, u64)> = self.orders.iter().filter(|(_, o)| (from..=to).contains(&o.0)).map(|(id, o)| (o.0, *id)).collect();
+            rows.sort_by_key(|(second, id)| (*second, self.place[id]));
+            let data: Vec<String> = rows.iter().skip((page - 1) * per_page).take(per_page).map(|(_, id)| doc(*id, self.orders[id])).collect();
+            let body = format!(r#"{{"meta":{{"pagination":{{"page":{page},"per_page":{per_page},"total":{}}}}},"data":[{}]}}"#, rows.len(), data.join(","));
+            (body.into_bytes(), DateTime::from_timestamp(self.now, 0).unwrap())
+        }
+    }
+
+    #[derive(Debug)]
+    struct Case {
+        seed: u64,
+        per_page: u32,
+        cap: usize,
+        initial: usize,
+        /// How many orders the first load stamps with one second.
+        bulk: usize,
+        churning_requests: usize,
+        crash_percent: u32,
+    }
+
+    fn cases() -> impl Strategy<Value = Case> {
+        (any::<u64>(), 1u32..8, 1usize..10, 0usize..30, 0usize..40, 0usize..60, 0u32..15).prop_map(
+            |(seed, per_page, cap, initial, bulk, churning_requests, crash_percent)| Case { seed, per_page, cap, initial, bulk, churning_requests, crash_percent },
+        )
+    }
+
+    fn check(case: &Case) -> Result<(), TestCaseError> {
+        let mut portal =
+            Portal { rng: StdRng::seed_from_u64(case.seed), now: START, orders: BTreeMap::new(), place: HashMap::new(), next_id: 0, cap: case.cap };
+        for _ in 0..case.bulk {
+            portal.load(START - 10);
+        }
+        for _ in 0..case.initial {
+            let second = START - portal.rng.random_range(0..20);
+            portal.load(second);
+        }
+        let mut dialect = config(case.per_page).open().unwrap();
+        dialect.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let mut committed: Vec<serde_json::Value> = Vec::new();
+        let mut published: HashMap<String, String> = HashMap::new();
+        let (mut requests, mut quiet_since, mut run_began) = (0, None, START);
+        loop {
+            requests += 1;
+            prop_assert!(requests < 20_000, "the walk does not end: {case:?}");
+            if requests <= case.churning_requests {
+                portal.churn();
+            } else {
+                portal.now += 1;
+                quiet_since.get_or_insert(portal.now);
+            }
+            if !committed.is_empty() && portal.rng.random_range(0..100) < case.crash_percent {
+                // A crash: resume from any committed position, the last or an older one.
+                let at = portal.rng.random_range(committed.len().saturating_sub(3)..committed.len());
+                dialect.restore(Some(&committed[at]), DateTime::UNIX_EPOCH).unwrap();
+            }
+            let (body, date) = portal.answer(&dialect.request());
+            let batch = match dialect.page(&body, Some(date)) {
+                Ok(batch) => batch,
+                Err(e) if e.is_retriable() => continue,
+                Err(e) => return Err(TestCaseError::fail(format!("{e}: {case:?}"))),
+            };
+            for r in &batch.records {
+                let RecordBody::Document(d) = &r.body else { panic!("a bad record: {r:?}") };
+                published.insert(r.key.clone(), d.clone());
+            }
+            committed.push(batch.position);
+            // Done once a run whose window reaches past the last write has ended.
+            if batch.ends_run {
+                if quiet_since.is_some_and(|q| run_began - SETTLE >= q) {
+                    break;
+                }
+                run_began = portal.now + 1;
+            }
+        }
+        for (id, order) in &portal.orders {
+            prop_assert_eq!(published.get(&id.to_string()), Some(&doc(*id, *order)), "order {} is missing or stale: {:?}", id, case);
+        }
+        Ok(())
+    }
+
+    fn page_of(orders: &[(u64, u32, &str)], total: usize) -> Vec<u8> {
+        let data: Vec<String> = orders.iter().map(|(id, v, at)| format!(r#"{{"id":{id},"version":{v},"updated_at":"{at}"}}"#)).collect();
+        format!(r#"{{"meta":{{"pagination":{{"total":{total}}}}},"data":[{}]}}"#, data.join(",")).into_bytes()
+    }
+
+    fn keys(batch: &Batch) -> Vec<String> {
+        batch.records.iter().map(|r| r.key.clone()).collect()
+    }
+
+    fn at(s: &str) -> Option<DateTime<Utc>> {
+        Some(crate::timestamp::parse(s).unwrap())
+    }
+
+    #[test]
+    fn a_second_change_within_one_second_is_published_and_a_repeat_is_not() {
+        let mut d = config(10).open().unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let first = d.page(&page_of(&[(7, 1, "2025-01-01 10:00:00")], 1), at("2025-01-01T10:00:30Z")).unwrap();
+        assert_eq!(keys(&first), ["7"]);
+        assert!(first.ends_run);
+        // A late write landed in the same second: same id, same second, new content.
+        let second = d.page(&page_of(&[(7, 2, "2025-01-01 10:00:00")], 1), at("2025-01-01T10:00:40Z")).unwrap();
+        assert_eq!(keys(&second), ["7"], "the second version of the second");
+        let again = d.page(&page_of(&[(7, 2, "2025-01-01 10:00:00")], 1), at("2025-01-01T10:00:50Z")).unwrap();
+        assert!(again.records.is_empty(), "the same bytes are not published twice");
+        // A restart from the committed position remembers what was published at `from`.
+        d.restore(Some(&again.position), DateTime::UNIX_EPOCH).unwrap();
+        let restarted = d.page(&page_of(&[(7, 2, "2025-01-01 10:00:00")], 1), at("2025-01-01T10:01:00Z")).unwrap();
+        assert!(restarted.records.is_empty());
+    }
+
+    #[test]
+    fn requests_carry_the_window_in_the_apis_own_time_format_and_zone() {
+        let mut cfg = config(50);
+        cfg.timezone = "America/New_York".into();
+        cfg.filters.insert("status".into(), "confirmed,shipped".into());
+        let mut d = cfg.open().unwrap();
+        d.restore(None, crate::timestamp::parse("2025-01-01T15:00:00Z").unwrap()).unwrap();
+        let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
+        assert_eq!(
+            q(&*d),
+            "filter_on=updated_at&date_from=2025-01-01+10%3A00%3A00&sort=updated_at&page=1&per_page=50&include=items%2Cshipments%2Cstatus_history&status=confirmed%2Cshipped"
+        );
+        // A full page: the window's end is the server's Date minus settle, in its zone.
+        let full: Vec<(u64, u32, &str)> = (1..=50).map(|i| (i, 1, "2025-01-01 10:00:05")).collect();
+        let batch = d.page(&page_of(&full, 60), at("2025-01-01T15:10:00Z")).unwrap();
+        assert_eq!(batch.records.len(), 50);
+        assert_eq!(batch.records[0].updated_at, crate::timestamp::parse("2025-01-01T15:00:05Z").unwrap(), "ce_time is the local time read in source.timezone");
+        assert!(q(&*d).contains("date_from=2025-01-01+10%3A00%3A05&date_to=2025-01-01+10%3A09%3A58"), "{}", q(&*d));
+    }
+
+    #[test]
+    fn an_unsorted_page_or_a_missing_date_is_an_error_not_a_guess() {
+        let mut d = config(10).open().unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let e = d.page(&page_of(&[(1, 1, "2025-01-01 10:00:00")], 1), None).unwrap_err();
+        assert!(e.to_string().contains("Date header") && !e.is_retriable(), "{e}");
+        let e = d.page(&page_of(&[(1, 1, "2025-01-01 10:00:05"), (2, 1, "2025-01-01 10:00:00")], 2), at("2025-01-02T00:00:00Z")).unwrap_err();
+        assert!(e.to_string().contains("did not sort by updated_at"), "{e}");
+        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error": {"type": "invalid_parameter", "message": "per_page must be at most 100"}}"#.into());
+        assert!(e.to_string().contains("per_page must be at most 100") && e.to_string().contains("per_page=10") && !e.is_retriable(), "{e}");
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |edit: fn(&mut OrdersApiSourceConfig)| {
+            let mut cfg = config(10);
+            edit(&mut cfg);
+            cfg.validate().map(|_| "").unwrap_or_else(|e| e.key)
+        };
+        assert_eq!(key(|_| {}), "");
+        assert_eq!(key(|c| c.per_page = 0), "source.per_page");
+        assert_eq!(key(|c| c.per_page = 251), "source.per_page");
+        assert_eq!(key(|c| c.timezone = "Mars/Olympus".into()), "source.timezone");
+        assert_eq!(key(|c| c.include = vec!["payments".into()]), "source.include");
+        assert_eq!(key(|c| _ = c.filters.insert("page".into(), "2".into())), "source.filters");
+        assert_eq!(key(|c| c.url = "ftp://x".into()), "source.url");
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig { cases: 1000, ..ProptestConfig::default() })]
+
+        #[test]
+        fn the_walk_ends_with_every_orders_newest_version_published(case in cases()) {
+            check(&case)?;
+        }
     }
 }
