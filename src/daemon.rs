@@ -4,13 +4,13 @@
 use std::sync::Arc;
 
 use crate::checkpoint::{self, Store};
-use crate::config::{Config, Delivery, PipelineConfig, SourceConfig};
+use crate::config::{Config, Delivery, PipelineConfig, SourceKind};
 use crate::event::EventFormat;
 use crate::metrics::{self, Metrics, PipelineState};
 use crate::pipeline::{Pipeline, PipelineError, Settings};
 use crate::shutdown;
 use crate::sink::kafka::{Publisher, PublisherSpec, Transactional};
-use crate::source::export_api::ExportApiSource;
+use crate::source::http::HttpSource;
 use crate::source::postgres::PostgresSource;
 use crate::source::{self, ConfiguredSource};
 use crate::timestamp;
@@ -109,11 +109,11 @@ async fn build(
     let identity = source::identity(&p.source);
     let initial_since = p.initial_since.as_deref().map(timestamp::parse).transpose().expect("validated").unwrap_or_else(timestamp::epoch);
     let pipeline_metrics = metrics.pipeline(name);
-    let source = match &p.source {
-        SourceConfig::Postgres(cfg) => {
+    let source = match p.source.kind() {
+        SourceKind::Postgres(cfg) => {
             ConfiguredSource::Postgres(PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone(), once).await?)
         }
-        SourceConfig::ExportApi(cfg) => ConfiguredSource::ExportApi(ExportApiSource::open(cfg.clone(), pipeline_metrics.clone())?),
+        SourceKind::Http(dialect) => ConfiguredSource::Http(HttpSource::open(dialect, pipeline_metrics.clone())?),
     };
     let store = checkpoint::store_for(config, p);
     let transactional = match (&store, p.delivery) {

@@ -3,13 +3,16 @@
 //! pipeline commits that position only once every event of the batch is acknowledged.
 
 pub mod export_api;
+mod head;
+pub mod http;
+pub mod orders_api;
 pub mod postgres;
 
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
 
-use crate::config::SourceConfig;
+use crate::config::{SourceConfig, SourceKind};
 use crate::metrics::ErrorKind;
 
 /// One changed order, as the source gave it.
@@ -19,6 +22,13 @@ pub struct Record {
     pub key: String,
     pub updated_at: DateTime<Utc>,
     pub body: RecordBody,
+}
+
+impl Record {
+    /// A record that cannot become an event, kept whole for the dead-letter topic.
+    pub fn bad(key: String, reason: String, raw: &serde_json::value::RawValue) -> Self {
+        Self { key, updated_at: crate::timestamp::epoch(), body: RecordBody::Bad { reason, raw: raw.get().as_bytes().to_vec() } }
+    }
 }
 
 #[derive(Debug, Clone)]
@@ -65,8 +75,9 @@ pub enum SourceError {
     /// starts again from its since.
     #[error("cursor refused ({status}): {detail}")]
     CursorRefused { status: u16, detail: String },
-    #[error("{0}: check source.token")]
-    Unauthorized(String),
+    /// The API refused the credential held by `source.<key>`.
+    #[error("{detail}: check source.{key}")]
+    Unauthorized { key: &'static str, detail: String },
 }
 
 impl SourceError {
@@ -78,7 +89,7 @@ impl SourceError {
             Self::Query(_, retriable) => *retriable,
             Self::Http { retriable, .. } => *retriable,
             Self::CursorRefused { .. } => true,
-            Self::Setup(_) | Self::Position(_) | Self::Unauthorized(_) => false,
+            Self::Setup(_) | Self::Position(_) | Self::Unauthorized { .. } => false,
         }
     }
 
@@ -90,7 +101,7 @@ impl SourceError {
             Self::Http { status: Some(status), .. } | Self::CursorRefused { status, .. } => status.to_string(),
             Self::Http { status: None, .. } | Self::Connect { .. } => "connection".into(),
             Self::Query(..) => "database".into(),
-            Self::Unauthorized(_) => "unauthorized".into(),
+            Self::Unauthorized { .. } => "unauthorized".into(),
             Self::Setup(_) | Self::Position(_) => "setup".into(),
         }
     }
@@ -126,21 +137,21 @@ pub trait Source: Send {
 #[allow(clippy::large_enum_variant)]
 pub enum ConfiguredSource {
     Postgres(postgres::PostgresSource),
-    ExportApi(export_api::ExportApiSource),
+    Http(http::HttpSource),
 }
 
 impl Source for ConfiguredSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         match self {
             Self::Postgres(s) => s.restore(position, since),
-            Self::ExportApi(s) => s.restore(position, since),
+            Self::Http(s) => s.restore(position, since),
         }
     }
 
     async fn next_batch(&mut self) -> Result<Batch, SourceError> {
         match self {
             Self::Postgres(s) => s.next_batch().await,
-            Self::ExportApi(s) => s.next_batch().await,
+            Self::Http(s) => s.next_batch().await,
         }
     }
 }
@@ -162,22 +173,21 @@ pub(crate) fn read_position<P: serde::de::DeserializeOwned>(
     Ok(p)
 }
 
-/// Who a configured source is (host, database, table; never credentials): the default
-/// CloudEvents `source` and the basis of the checkpoint fingerprint.
+/// Who a configured source is (host, database, table, endpoint; never credentials): the
+/// default CloudEvents `source` and the basis of the checkpoint fingerprint.
 pub fn identity(cfg: &SourceConfig) -> String {
-    match cfg {
-        SourceConfig::Postgres(c) => postgres::identity(c),
-        SourceConfig::ExportApi(c) => export_api::identity(c),
+    match cfg.kind() {
+        SourceKind::Postgres(c) => postgres::identity(c),
+        SourceKind::Http(dialect) => dialect.identity(),
     }
 }
 
 /// The position a run starting at `since` begins from (`checkpoint set --since`).
 pub fn position_since(cfg: &SourceConfig, since: DateTime<Utc>) -> serde_json::Value {
-    match cfg {
-        SourceConfig::Postgres(_) => serde_json::to_value(postgres::Position::at(since)),
-        SourceConfig::ExportApi(_) => serde_json::to_value(export_api::Position::at(since)),
+    match cfg.kind() {
+        SourceKind::Postgres(_) => serde_json::to_value(postgres::Position::at(since)).expect("a position serialises"),
+        SourceKind::Http(dialect) => dialect.position_since(since),
     }
-    .expect("a position serialises")
 }
 
 #[cfg(test)]

@@ -486,6 +486,7 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+pub mod portal;
 pub mod private;
 pub mod proxy;
 pub mod server;

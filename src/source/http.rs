@@ -1,0 +1,336 @@
+//! The one transport of the HTTP sources. Everything an order API client needs whatever
+//! its paging rules is here, written once: the client (TLS, gzip, timeouts), the
+//! credential (never in a URL, log line, error or metric), the size cap, the statuses every
+//! API means the same by (401/403 stop, 429 waits for `Retry-After`, 408/5xx and a page cut
+//! short or malformed are retried), the request metrics, and the prefetch of the next page
+//! while the current one is published.
+//!
+//! A dialect (`export_api.rs`, `orders_api.rs`) is then only its paging rules and its
+//! position: which URL reads the position, what a page's body means, and what its own
+//! refusals (other 4xx) mean. Adding one is a file, a variant of `SourceConfig`, and a line
+//! in [`SourceConfig::dialect`](crate::config::SourceConfig::dialect).
+
+use std::time::{Duration, Instant};
+
+use chrono::{DateTime, Utc};
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue, DATE, RETRY_AFTER};
+use reqwest::StatusCode;
+
+use super::{Batch, Source, SourceError};
+use crate::config::InvalidValue;
+use crate::metrics::PipelineMetrics;
+use crate::secret::Secret;
+
+/// How a configured dialect is checked, named and opened.
+pub trait DialectConfig: Send + Sync {
+    /// The endpoint without credentials: the default CloudEvents `source` and the basis of
+    /// the checkpoint fingerprint.
+    fn identity(&self) -> String;
+    /// Value rules serde cannot state, naming the key under `source.`.
+    fn validate(&self) -> Result<(), InvalidValue>;
+    /// What the transport needs.
+    fn transport(&self) -> TransportSettings;
+    /// The dialect, at the start of its history.
+    fn open(&self) -> Result<Box<dyn Dialect>, SourceError>;
+    /// The position a run starting at `since` begins from (`checkpoint set --since`).
+    fn position_since(&self, since: DateTime<Utc>) -> serde_json::Value;
+}
+
+/// The paging rules and position of one API.
+pub trait Dialect: Send {
+    /// Positions the dialect at a committed position, or at `since` for a fresh start.
+    fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError>;
+    /// The request that reads from the read position.
+    fn request(&self) -> url::Url;
+    /// A 200's body (and the server's clock, its `Date`): the batch, with the read
+    /// position advanced past it.
+    fn page(&mut self, body: &[u8], server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError>;
+    /// What a 4xx means that is not 401, 403, 408 or 429; `detail` is the body's start.
+    fn refused(&mut self, status: StatusCode, detail: String) -> SourceError;
+}
+
+pub struct TransportSettings {
+    /// One request, from connecting to the last byte.
+    pub request_timeout: Duration,
+    /// A larger page is an error.
+    pub max_response_bytes: usize,
+    pub credential: Credential,
+}
+
+/// How the API wants its secret: never as a query parameter, which would put it in URLs.
+#[derive(Clone)]
+pub enum Credential {
+    /// `Authorization: Bearer …`, named `source.<key>` in the configuration.
+    Bearer { key: &'static str, token: Secret },
+    /// A header of its own, e.g. `X-API-Key`.
+    Header { key: &'static str, name: HeaderName, value: Secret },
+}
+
+impl Credential {
+    /// The configuration key that holds it, for the error that tells the operator to check it.
+    fn key(&self) -> &'static str {
+        match self {
+            Self::Bearer { key, .. } | Self::Header { key, .. } => key,
+        }
+    }
+
+    fn header(&self) -> Result<(HeaderName, HeaderValue), SourceError> {
+        let (name, value) = match self {
+            Self::Bearer { token, .. } => (reqwest::header::AUTHORIZATION, format!("Bearer {}", token.expose())),
+            Self::Header { name, value, .. } => (name.clone(), value.expose().to_string()),
+        };
+        let mut value = HeaderValue::from_str(&value).map_err(|_| SourceError::Setup(format!("source.{} holds characters a header cannot carry", self.key())))?;
+        value.set_sensitive(true);
+        Ok((name, value))
+    }
+}
+
+/// What one request needs; cheap to clone into a prefetching task.
+#[derive(Clone)]
+struct Transport {
+    http: reqwest::Client,
+    credential: (HeaderName, HeaderValue),
+    /// The secret itself, cut out of any error body quoted back (a server may echo it).
+    secret: Secret,
+    max_response_bytes: usize,
+    metrics: PipelineMetrics,
+}
+
+/// A reply read whole: the status, its headers, and the body up to the size cap.
+struct Reply {
+    status: StatusCode,
+    headers: HeaderMap,
+    body: Result<Vec<u8>, SourceError>,
+}
+
+impl Transport {
+    fn new(settings: &TransportSettings, metrics: PipelineMetrics) -> Result<Self, SourceError> {
+        let http = reqwest::Client::builder()
+            .timeout(settings.request_timeout)
+            .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
+            .user_agent(concat!("order-cdc/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| SourceError::Setup(format!("HTTP client: {e}")))?;
+        let secret = match &settings.credential {
+            Credential::Bearer { token, .. } => token.clone(),
+            Credential::Header { value, .. } => value.clone(),
+        };
+        Ok(Self { http, credential: settings.credential.header()?, secret, max_response_bytes: settings.max_response_bytes, metrics })
+    }
+
+    async fn get(self, url: url::Url) -> Result<Reply, SourceError> {
+        let begun = Instant::now();
+        let (name, value) = self.credential.clone();
+        let sent = self.http.get(url).header(name, value).send().await;
+        let reply = match sent {
+            Ok(response) => {
+                self.metrics.source_request(response.status().as_str());
+                let (status, headers) = (response.status(), response.headers().clone());
+                Ok(Reply { status, headers, body: self.body(response).await })
+            }
+            Err(e) => {
+                self.metrics.source_request(if e.is_timeout() { "timeout" } else { "connection_error" });
+                Err(http_error(None, without_url(&e), true))
+            }
+        };
+        self.metrics.source_latency.observe(begun.elapsed().as_secs_f64());
+        reply
+    }
+
+    /// Reads the body up to the configured cap.
+    async fn body(&self, mut response: reqwest::Response) -> Result<Vec<u8>, SourceError> {
+        let mut body = Vec::new();
+        loop {
+            match response.chunk().await {
+                Ok(Some(chunk)) => {
+                    if body.len() + chunk.len() > self.max_response_bytes {
+                        return Err(http_error(
+                            Some(200),
+                            format!("the page is larger than source.max_response_bytes ({}); ask for smaller pages", self.max_response_bytes),
+                            false,
+                        ));
+                    }
+                    body.extend_from_slice(&chunk);
+                }
+                Ok(None) => return Ok(body),
+                Err(e) => return Err(http_error(Some(200), format!("reading the page: {}", without_url(&e)), true)),
+            }
+        }
+    }
+}
+
+/// The request for the next page, running while the current page is published: the
+/// API's work on page n+1 need not wait for ours on page n. Dropped (and aborted) when
+/// the source is rewound or the next request turns out to be another.
+struct Prefetch {
+    url: url::Url,
+    task: tokio::task::JoinHandle<Result<Reply, SourceError>>,
+}
+
+impl Drop for Prefetch {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// A source that reads an order API through a dialect.
+pub struct HttpSource {
+    dialect: Box<dyn Dialect>,
+    transport: Transport,
+    credential_key: &'static str,
+    /// Where refusals say they came from: the endpoint, without credentials.
+    endpoint: String,
+    prefetch: Option<Prefetch>,
+}
+
+impl HttpSource {
+    pub fn open(cfg: &dyn DialectConfig, metrics: PipelineMetrics) -> Result<Self, SourceError> {
+        let settings = cfg.transport();
+        let credential_key = settings.credential.key();
+        Ok(Self { dialect: cfg.open()?, transport: Transport::new(&settings, metrics)?, credential_key, endpoint: cfg.identity(), prefetch: None })
+    }
+
+    async fn fetch(&mut self) -> Result<Batch, SourceError> {
+        let url = self.dialect.request();
+        let reply = match self.prefetch.take() {
+            Some(mut prefetch) if prefetch.url == url => match (&mut prefetch.task).await {
+                Ok(reply) => reply,
+                Err(e) => return Err(http_error(None, format!("the prefetched request failed: {e}"), true)),
+            },
+            _ => self.transport.clone().get(url).await,
+        }?;
+        let Reply { status, headers, body } = reply;
+        let secret = self.transport.secret.expose();
+        let detail = |body: Result<Vec<u8>, SourceError>| body.map(|b| excerpt(&b).replace(secret, "***")).unwrap_or_default();
+        match status {
+            StatusCode::OK => {}
+            StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
+                return Err(SourceError::Unauthorized {
+                    key: self.credential_key,
+                    detail: format!("{} refused the {} ({status}): {}", self.endpoint, self.credential_key.replace('_', " "), detail(body)),
+                });
+            }
+            StatusCode::TOO_MANY_REQUESTS => {
+                let retry_after = retry_after(&headers, Utc::now());
+                return Err(SourceError::Http { status: Some(429), message: "rate limited (429)".into(), retriable: true, retry_after });
+            }
+            s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                return Err(http_error(Some(s.as_u16()), format!("the API answered {s}"), true));
+            }
+            s => return Err(self.dialect.refused(s, detail(body))),
+        }
+        let body = body?;
+        let server_date = headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| DateTime::parse_from_rfc2822(v).ok()).map(|d| d.with_timezone(&Utc));
+        let batch = self.dialect.page(&body, server_date)?;
+        if !batch.ends_run {
+            let url = self.dialect.request();
+            self.prefetch = Some(Prefetch { url: url.clone(), task: tokio::spawn(self.transport.clone().get(url)) });
+        }
+        Ok(batch)
+    }
+}
+
+impl Source for HttpSource {
+    fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
+        self.prefetch = None;
+        self.dialect.restore(position, since)
+    }
+
+    async fn next_batch(&mut self) -> Result<Batch, SourceError> {
+        self.fetch().await
+    }
+}
+
+pub fn http_error(status: Option<u16>, message: String, retriable: bool) -> SourceError {
+    SourceError::Http { status, message, retriable, retry_after: None }
+}
+
+/// A page that is not what the API documents: retried, as a page cut short would be.
+pub fn malformed(what: impl std::fmt::Display) -> SourceError {
+    http_error(Some(200), format!("malformed page ({what}); retrying it"), true)
+}
+
+/// `Retry-After` in seconds or as an HTTP date.
+fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+    let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
+    if let Ok(seconds) = value.parse::<u64>() {
+        return Some(Duration::from_secs(seconds));
+    }
+    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
+    Some((at - now).to_std().unwrap_or_default())
+}
+
+/// reqwest's messages name the URL, whose query may hold a cursor: say what failed and
+/// why (the causes), not where.
+fn without_url(e: &reqwest::Error) -> String {
+    let mut message = String::from(if e.is_timeout() {
+        "request timed out"
+    } else if e.is_connect() {
+        "cannot connect"
+    } else if e.is_body() || e.is_decode() {
+        "reading the response failed"
+    } else {
+        "request failed"
+    });
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        message.push_str(&format!(": {c}"));
+        cause = c.source();
+    }
+    message
+}
+
+/// The start of an error body, on one line.
+fn excerpt(body: &[u8]) -> String {
+    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
+    text.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// A URL without its credentials, query and trailing slashes.
+pub fn without_credentials(url: &str) -> String {
+    let mut url = url::Url::parse(url)
+        .map(|mut u| {
+            let _ = u.set_password(None);
+            let _ = u.set_username("");
+            u.set_query(None);
+            u.to_string()
+        })
+        .unwrap_or_else(|_| url.to_string());
+    while url.ends_with('/') {
+        url.pop();
+    }
+    url
+}
+
+/// The rule every dialect's URL key obeys; the value itself is never shown (it may hold
+/// credentials).
+pub fn check_url(key: &'static str, value: &str) -> Result<(), InvalidValue> {
+    match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
+        _ => Err(InvalidValue::new(key, "is not an http(s) URL")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retry_after_in_seconds_or_as_a_date() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&Utc);
+        let mut h = HeaderMap::new();
+        h.insert(RETRY_AFTER, HeaderValue::from_static("7"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:03 GMT"));
+        assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:27:00 GMT"));
+        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
+        assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn urls_lose_their_credentials() {
+        assert_eq!(without_credentials("https://u:p@h.example/api/orders/?api_key=k"), "https://h.example/api/orders");
+    }
+}
