@@ -2,7 +2,8 @@
 # The throughput benchmarks: 200,000 orders of 3 items each in a fresh database, then
 #   cargo bench --bench end_to_end: order-cdc end to end next to the document query alone
 #     and the raw rdkafka producer, in the same run;
-#   cargo bench --bench serve: the export endpoint next to its raw page queries.
+#   cargo bench --bench serve: the export endpoint next to its raw page queries, and the
+#     export_api and orders_api sources next to a plain client of the same listing.
 #   BENCH_ORDERS=200000 scripts/bench.sh
 #   BENCH_SSLMODE=require scripts/bench.sh   (loopback without TLS by default; see README)
 set -euo pipefail
