@@ -128,19 +128,9 @@ async fn bench(config: Config) {
     // run (the server's own rate for one client) measured just before it.
     let one = timed_single(|| http_run(http.clone(), base.clone(), token.clone())).await;
     let dir = tempfile::tempdir().unwrap();
-    let pipeline_config = dir.path().join("export-api.toml");
-    std::fs::write(
-        &pipeline_config,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[checkpoint]\ndir = \"{}\"\n\
-             [pipelines.api]\ntopic = \"bench-api-{}\"\n[pipelines.api.source]\nkind = \"export_api\"\nbase_url = \"{base}\"\ntoken = \"{token}\"\n",
-            config.kafka.brokers,
-            dir.path().join("checkpoints").display(),
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    let daemon = (one.0, one.1, run_once(&pipeline_config).await);
+    let brokers = &config.kafka.brokers;
+    let source = format!("kind = \"export_api\"\nbase_url = \"{base}\"\ntoken = \"{token}\"");
+    let daemon = (one.0, one.1, run_once(dir.path(), brokers, "api", &source).await);
     println!();
     println!("one client, pages of 1000");
     println!("(e) GET /sales-orders/export, one full run {:>8} orders {:>7.2} s {:>9.0} orders/s", one.0, one.2.as_secs_f64(), rate(one));
@@ -150,19 +140,8 @@ async fn bench(config: Config) {
     // The orders_api source (seed 002) polling this server's `GET /api/orders/` into
     // Kafka, next to one client walking the same listing page by page.
     let seconds = timed_single(|| second_walk(http.clone(), base.clone(), token.clone())).await;
-    let pipeline_config = dir.path().join("orders-api.toml");
-    std::fs::write(
-        &pipeline_config,
-        format!(
-            "[kafka]\nbrokers = \"{}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[checkpoint]\ndir = \"{}\"\n\
-             [pipelines.portal]\ntopic = \"bench-portal-{}\"\n[pipelines.portal.source]\nkind = \"orders_api\"\nurl = \"{base}/api/orders/\"\napi_key = \"{token}\"\nsettle = \"0s\"\n",
-            config.kafka.brokers,
-            dir.path().join("checkpoints").display(),
-            std::process::id()
-        ),
-    )
-    .unwrap();
-    let source = (seconds.0, seconds.1, run_once(&pipeline_config).await);
+    let source = format!("kind = \"orders_api\"\nurl = \"{base}/api/orders/\"\napi_key = \"{token}\"\nsettle = \"0s\"");
+    let source = (seconds.0, seconds.1, run_once(dir.path(), brokers, "portal", &source).await);
     println!();
     println!("one client, pages of {ORDERS_PER_PAGE}, every include");
     println!("(k) GET /api/orders/ second by second      {:>8} orders {:>7.2} s {:>9.0} orders/s", seconds.0, seconds.2.as_secs_f64(), rate(seconds));
@@ -170,12 +149,25 @@ async fn bench(config: Config) {
     println!("ratio o / k = {:.2}", rate(source) / rate(seconds));
 }
 
-/// `order-cdc run --once` with a pipeline configuration; returns how long it took.
-async fn run_once(pipeline_config: &std::path::Path) -> Duration {
+/// `order-cdc run --once` with one pipeline of this source into a fresh topic, its
+/// checkpoints under `dir`; returns how long it took.
+async fn run_once(dir: &std::path::Path, brokers: &str, name: &str, source: &str) -> Duration {
+    let pipeline_config = dir.join(format!("{name}.toml"));
+    let checkpoints = dir.join("checkpoints");
+    let topic = format!("bench-{name}-{}", std::process::id());
+    std::fs::write(
+        &pipeline_config,
+        format!(
+            "[kafka]\nbrokers = \"{brokers}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[checkpoint]\ndir = \"{}\"\n\
+             [pipelines.{name}]\ntopic = \"{topic}\"\n[pipelines.{name}.source]\n{source}\n",
+            checkpoints.display()
+        ),
+    )
+    .unwrap();
     let started = Instant::now();
     let status = tokio::process::Command::new(env!("CARGO_BIN_EXE_order-cdc"))
         .arg("--config")
-        .arg(pipeline_config)
+        .arg(&pipeline_config)
         .args(["run", "--once"])
         .env("RUST_LOG", "warn")
         .status()
