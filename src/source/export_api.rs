@@ -40,11 +40,6 @@ impl Position {
     }
 }
 
-/// The export endpoint of a configured base URL, without credentials.
-pub fn identity(cfg: &ExportApiSourceConfig) -> String {
-    format!("{}/sales-orders/export", http::without_credentials(&cfg.base_url))
-}
-
 /// A page as implementations of the API write it: `data` may be missing or null on an
 /// empty page, and `has_more` missing (a null `next_cursor` then ends the run).
 #[derive(Deserialize)]
@@ -72,8 +67,9 @@ struct Meta {
 }
 
 impl DialectConfig for ExportApiSourceConfig {
+    /// The export endpoint of the base URL, without credentials.
     fn identity(&self) -> String {
-        identity(self)
+        format!("{}/sales-orders/export", http::without_credentials(&self.base_url))
     }
 
     fn validate(&self) -> Result<(), InvalidValue> {
@@ -101,7 +97,7 @@ impl DialectConfig for ExportApiSourceConfig {
     }
 
     fn open(&self) -> Result<Box<dyn Dialect>, SourceError> {
-        let endpoint = url::Url::parse(&identity(self)).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
+        let endpoint = url::Url::parse(&self.identity()).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
         Ok(Box::new(ExportApi { cfg: self.clone(), endpoint, read: Position::at(timestamp::epoch()), covers_start: false }))
     }
 

@@ -74,6 +74,13 @@ impl Credential {
         }
     }
 
+    fn secret(&self) -> &Secret {
+        match self {
+            Self::Bearer { token, .. } => token,
+            Self::Header { value, .. } => value,
+        }
+    }
+
     fn header(&self) -> Result<(HeaderName, HeaderValue), SourceError> {
         let (name, value) = match self {
             Self::Bearer { token, .. } => (reqwest::header::AUTHORIZATION, format!("Bearer {}", token.expose())),
@@ -111,11 +118,8 @@ impl Transport {
             .user_agent(concat!("order-cdc/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SourceError::Setup(format!("HTTP client: {e}")))?;
-        let secret = match &settings.credential {
-            Credential::Bearer { token, .. } => token.clone(),
-            Credential::Header { value, .. } => value.clone(),
-        };
-        Ok(Self { http, credential: settings.credential.header()?, secret, max_response_bytes: settings.max_response_bytes, metrics })
+        let (credential, secret) = (settings.credential.header()?, settings.credential.secret().clone());
+        Ok(Self { http, credential, secret, max_response_bytes: settings.max_response_bytes, metrics })
     }
 
     async fn get(self, url: url::Url) -> Result<Reply, SourceError> {

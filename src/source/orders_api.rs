@@ -29,7 +29,7 @@
 use std::collections::HashSet;
 use std::str::FromStr;
 
-use chrono::{DateTime, NaiveDateTime, TimeDelta, TimeZone, Utc};
+use chrono::{DateTime, NaiveDateTime, SubsecRound, TimeDelta, TimeZone, Utc};
 use chrono_tz::Tz;
 use reqwest::header::HeaderName;
 use reqwest::StatusCode;
@@ -66,6 +66,11 @@ pub struct Position {
 
 impl Position {
     const VERSION: u32 = 1;
+
+    /// A walk from the second of `since`, as the API's zone writes it.
+    fn at(since: DateTime<Utc>, zone: Tz) -> Self {
+        Self { v: Self::VERSION, from: local_second(since, zone).format(TIME_FORMAT).to_string(), seen: Vec::new() }
+    }
 }
 
 impl DialectConfig for OrdersApiSourceConfig {
@@ -109,15 +114,13 @@ impl DialectConfig for OrdersApiSourceConfig {
 
     fn position_since(&self, since: DateTime<Utc>) -> serde_json::Value {
         let zone = Tz::from_str(&self.timezone).unwrap_or(Tz::UTC);
-        serde_json::to_value(Position { v: Position::VERSION, from: local_second(since, zone).format(TIME_FORMAT).to_string(), seen: Vec::new() })
-            .expect("a position serialises")
+        serde_json::to_value(Position::at(since, zone)).expect("a position serialises")
     }
 }
 
 /// An instant as the API's zone writes it, cut to the second.
 fn local_second(t: DateTime<Utc>, zone: Tz) -> NaiveDateTime {
-    let local = t.with_timezone(&zone).naive_local();
-    local - TimeDelta::nanoseconds(local.and_utc().timestamp_subsec_nanos().into())
+    t.with_timezone(&zone).naive_local().trunc_subsecs(0)
 }
 
 struct OrdersApi {
@@ -216,7 +219,7 @@ impl OrdersApi {
             serde_json::Value::Number(n) => DateTime::from_timestamp(n.as_i64()?, 0)?.with_timezone(&self.zone).naive_local(),
             _ => return None,
         };
-        Some(local - TimeDelta::nanoseconds(local.and_utc().timestamp_subsec_nanos().into()))
+        Some(local.trunc_subsecs(0))
     }
 
     /// A local second as an instant (the earlier one when a clock change repeats it).
@@ -343,8 +346,7 @@ impl OrdersApi {
 
 impl Dialect for OrdersApi {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
-        let fresh = || Position { v: Position::VERSION, from: Self::format(local_second(since, self.zone)), seen: Vec::new() };
-        let p = super::read_position(position, fresh, "an orders API", Position::VERSION, |p| p.v)?;
+        let p = super::read_position(position, || Position::at(since, self.zone), "an orders API", Position::VERSION, |p| p.v)?;
         self.from = NaiveDateTime::parse_from_str(&p.from, TIME_FORMAT).map_err(|e| SourceError::Position(format!("from {:?}: {e}", p.from)))?;
         self.seen = p
             .seen
