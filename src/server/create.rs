@@ -28,7 +28,7 @@ pub const ORDER_STATUSES: &[&str] = &[
     "pending", "shipped", "fulfilled", "cancelled", "awaiting_shipment", "partially_shipped", "on_hold", "backorder",
     "partially_refunded", "committed", "processing", "completed",
 ];
-const MAX_TEXT: usize = 255;
+pub(super) const MAX_TEXT: usize = 255;
 const DATES: &[&str] = &["ship_date", "hold_until_date", "ship_by_date", "earliest_ship_date"];
 const TEXTS: &[&str] = &["customer_username", "customer_po_number", "requested_shipping_service"];
 const NOTES: &[&str] = &["customer_notes", "internal_notes"];
@@ -65,17 +65,18 @@ struct NewItem {
     custom_fields: Value,
 }
 
-/// Collects field errors while reading the request.
-struct Checker {
-    errors: Vec<FieldError>,
+/// Collects field errors while reading a request (here and in the webstore's PUT).
+#[derive(Default)]
+pub(super) struct Checker {
+    pub(super) errors: Vec<FieldError>,
 }
 
 impl Checker {
-    fn fail(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn fail(&mut self, field: &str, message: impl Into<String>) {
         self.errors.push(FieldError { field: field.to_string(), message: message.into() });
     }
 
-    fn integer(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<i64> {
+    pub(super) fn integer(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<i64> {
         match obj.get(key) {
             None | Some(Value::Null) if required => {
                 self.fail(path, "is required");
@@ -89,7 +90,7 @@ impl Checker {
         }
     }
 
-    fn text(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool, max: Option<usize>) -> Option<String> {
+    pub(super) fn text(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool, max: Option<usize>) -> Option<String> {
         match obj.get(key) {
             None | Some(Value::Null) if required => {
                 self.fail(path, "is required");
@@ -176,7 +177,7 @@ impl Checker {
     }
 }
 
-fn is_email(s: &str) -> bool {
+pub(super) fn is_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else { return false };
     !local.is_empty()
         && domain.contains('.')
@@ -187,7 +188,7 @@ fn is_email(s: &str) -> bool {
 }
 
 /// PostgreSQL text cannot hold NUL characters; find the first field that has one.
-fn nul_path(value: &Value, path: &str) -> Option<String> {
+pub(super) fn nul_path(value: &Value, path: &str) -> Option<String> {
     match value {
         Value::String(s) if s.contains('\0') => Some(path.to_string()),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_path(v, &format!("{path}[{i}]"))),
@@ -202,7 +203,7 @@ fn nul_path(value: &Value, path: &str) -> Option<String> {
 }
 
 /// The largest amount a `numeric(14,2)` column holds, in cents.
-const MAX_CENTS: i64 = 100_000_000_000_000 - 1;
+pub(super) const MAX_CENTS: i64 = 100_000_000_000_000 - 1;
 
 fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     let Some(obj) = body.as_object() else {
@@ -308,7 +309,7 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     })
 }
 
-fn money(cents: i64) -> String {
+pub(super) fn money(cents: i64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
 }
 
