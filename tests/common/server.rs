@@ -57,6 +57,21 @@ impl TestServer {
         (status, r.json().await.expect("a JSON body"))
     }
 
+    /// Any request with a bearer token (or none): status, whether a `Date` header came,
+    /// and the body's text.
+    pub async fn send(&self, method: reqwest::Method, path_and_query: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> (u16, bool, String) {
+        let mut request = self.http.request(method, format!("{}{path_and_query}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await.unwrap();
+        let dated = r.headers().contains_key(reqwest::header::DATE);
+        (r.status().as_u16(), dated, r.text().await.unwrap())
+    }
+
     /// A whole export run from `since`: every page's data, the pages' count and the
     /// first page's meta.cutoff.
     pub async fn run(&self, since: &str, limit: usize) -> (Vec<serde_json::Value>, usize, String) {
