@@ -525,7 +525,7 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
     let item_sql = format!(
         "INSERT INTO {s}.sales_order_items (sales_order_id, line_number, product_id, sku, name, upc, quantity, unit_price, tags, custom_fields,
                 tax, total_weight)
-         SELECT $1, $2, p.id, p.sku, p.name, p.upc, $4, $5::text::numeric, $6, $7, $8::text::numeric, $4 * coalesce(p.weight, 0)
+         SELECT $1, $2, p.id, p.sku, p.name, p.upc, $4::integer, $5::text::numeric, $6, $7, $8::text::numeric, $4::integer * coalesce(p.weight, 0)
            FROM {s}.products p WHERE p.id = $3
          RETURNING id"
     );
