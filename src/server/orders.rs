@@ -155,7 +155,7 @@ pub struct Listing {
 
 impl Listing {
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+        borrowed(&self.params)
     }
 
     /// Reads the query string's parameters (decoded pairs) into the SQL over `schema`.
@@ -273,6 +273,11 @@ impl Listing {
         );
         Ok(Self { count_sql, page_sql, params: w.params, count_params, page, per_page, filters, sort })
     }
+}
+
+/// Boxed parameters as the driver takes them.
+pub(super) fn borrowed(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
 }
 
 /// The WHERE clause being built, with its numbered parameters.

@@ -24,7 +24,7 @@ use chrono::{DateTime, Datelike, TimeDelta, Utc};
 use tokio_postgres::types::ToSql;
 
 use super::error::ApiError;
-use super::orders::{bad, integer, text, Pairs, Param, Where};
+use super::orders::{bad, borrowed, integer, text, Pairs, Param, Where};
 use super::AppState;
 use crate::store::document::{array, object, Json};
 
@@ -187,7 +187,7 @@ fn unix(pairs: &Pairs, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
 
 impl Listing {
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+        borrowed(&self.params)
     }
 
     /// Reads the query string's parameters (decoded pairs) into the SQL of `sql`'s schema.

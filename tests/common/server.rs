@@ -99,3 +99,17 @@ impl TestServer {
         (orders, pages, cutoff)
     }
 }
+
+/// EXPLAIN ANALYZE of a listing's count and page queries, with their parameters, as the
+/// server runs them: the plans as text.
+pub async fn plans(
+    client: &tokio_postgres::Client,
+    (count_sql, count_params): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+    (page_sql, page_params): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+) -> (String, String) {
+    let explain = |sql: &str| format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) {sql}");
+    let text = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n");
+    let count = text(client.query(&explain(count_sql), count_params).await.unwrap());
+    let page = text(client.query(&explain(page_sql), page_params).await.unwrap());
+    (count, page)
+}

@@ -18,11 +18,11 @@ use std::collections::{BTreeSet, HashMap};
 
 use serde_json::{Map, Value};
 use tokio_postgres::error::SqlState;
-use tokio_postgres::types::ToSql;
 use tokio_postgres::Transaction;
 
 use super::super::create::{is_email, money, nul_path, Checker, MAX_CENTS, MAX_TEXT};
 use super::super::error::{ApiError, FieldError};
+use super::super::orders::{borrowed, Param};
 use super::super::AppState;
 use super::{is_uuid, no_order, STATUSES};
 
@@ -340,12 +340,6 @@ impl Change {
     }
 }
 
-type Param = Box<dyn ToSql + Sync + Send>;
-
-fn params(p: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
-    p.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
-}
-
 /// What the database still has to confirm: the customer and the products exist, and a
 /// new line's uuid is not another order's.
 async fn check(tx: &Transaction<'_>, s: &str, id: i64, change: &Change) -> Result<(), ApiError> {
@@ -415,7 +409,7 @@ async fn apply(tx: &Transaction<'_>, s: &str, id: i64, change: &Change) -> Resul
         set("customer_email", Box::new(v.clone()));
     }
     if !sets.is_empty() {
-        tx.execute(&format!("UPDATE {s}.sales_orders SET {} WHERE id = $1", sets.join(", ")), &params(&values)).await?;
+        tx.execute(&format!("UPDATE {s}.sales_orders SET {} WHERE id = $1", sets.join(", ")), &borrowed(&values)).await?;
     }
     let Some(lines) = &change.lines else { return Ok(()) };
     let kept: Vec<&str> = lines.iter().filter_map(|l| l.existing.as_deref()).collect();
