@@ -193,6 +193,16 @@ async fn the_listing_filters_pages_and_counts() {
     }
     let (_, past) = get(&server, &format!("{ORDERS}.json?size=80&page=1")).await;
     assert_eq!(past, json!([]));
+
+    // The routes are described.
+    let spec: Value = server.http.get(format!("{}/openapi.json", server.base)).send().await.unwrap().json().await.unwrap();
+    let paths = &spec["paths"];
+    let documented: Vec<&str> = paths["/{store}/api/v2/sales/orders.json"]["get"]["parameters"].as_array().unwrap().iter().map(|p| p["name"].as_str().unwrap()).collect();
+    assert_eq!(documented, ["store", "size", "page", "startDate", "endDate", "query", "since"]);
+    assert!(paths["/{store}/api/v2/sales/orders/count.json"]["get"].is_object());
+    for method in ["get", "put", "delete"] {
+        assert!(paths["/{store}/api/v2/sales/orders/{uuid}.json"][method].is_object(), "{method}");
+    }
     db.drop_db().await;
 }
 
