@@ -413,6 +413,14 @@ async fn created_and_demo_orders_have_seed_003_fields() {
     let (_, one) = get(&server, &format!("{ORDERS}/{}.json", o["uuid"].as_str().unwrap())).await;
     assert_eq!(&one, o);
 
+    // An order written with only DESIGN.md's columns is a valid webstore order too.
+    let id: i64 = client.query_one("INSERT INTO sales_orders (status, order_status) VALUES ('Active', 'fulfilled') RETURNING id", &[]).await.unwrap().get(0);
+    let (_, list) = get(&server, &format!("{ORDERS}.json")).await;
+    let bare = list.as_array().unwrap().iter().find(|o| o["number"] == format!("SO-{id}")).expect("listed");
+    assert!(bare["uuid"].as_str().is_some_and(|u| u.len() == 32 && u.bytes().all(|b| b.is_ascii_hexdigit())), "{bare}");
+    assert_eq!((&bare["status"], &bare["lines"], &bare["total"], &bare["isPaid"]), (&json!("shipped"), &json!([]), &json!("0.00"), &json!(true)));
+    client.execute("DELETE FROM sales_orders WHERE id = $1", &[&id]).await.unwrap();
+
     assert_eq!(order_cdc::store::demo::load(&mut client, 100, 2).await.unwrap(), 100);
     let mut seen = std::collections::HashSet::new();
     let (mut paid, mut orders) = (0, 0);
