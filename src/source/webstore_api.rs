@@ -134,6 +134,7 @@ impl DialectConfig for WebstoreApiSourceConfig {
             reconcile,
             started: None,
             fills_pages: false,
+            covered: false,
         }))
     }
 
@@ -159,6 +160,8 @@ struct WebstoreApi {
     started: Option<i64>,
     /// The store has handed out a page of `size` orders.
     fills_pages: bool,
+    /// A run whose `T` reached the source's start has ended (`run --once` may stop).
+    covered: bool,
 }
 
 /// The run under way: its `T`, and its passes.
@@ -555,6 +558,7 @@ impl WebstoreApi {
             }
         }
         let covers_start = t.zip(self.started).is_some_and(|(t, s)| t >= s);
+        self.covered |= covers_start;
         let watermark = t.and_then(|t| DateTime::from_timestamp(t, 0));
         let mut ends_run = true;
         if let Some(r) = &mut self.reconcile {
@@ -563,7 +567,8 @@ impl WebstoreApi {
                 r.listing = Some(FullListing::default());
                 r.turn = true;
             }
-            // While a reconciliation lists, the change walk runs on between its pages.
+            // While a reconciliation lists, the change walk runs on between its pages, and
+            // the end of the listing ends the run.
             ends_run = r.listing.is_none();
         }
         self.batch(Vec::new(), ends_run, covers_start, watermark)
@@ -626,7 +631,7 @@ impl WebstoreApi {
         r.last = Utc::now();
         tracing::info!(deleted = gone.len(), orders = r.set.len(), "reconciled");
         let records = gone.into_iter().map(|(id, at)| Record { key: id.into(), updated_at: at, body: RecordBody::Deleted }).collect();
-        Ok(self.batch(records, self.run.is_none(), false, None))
+        Ok(self.batch(records, true, self.covered, None))
     }
 }
 
