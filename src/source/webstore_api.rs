@@ -911,6 +911,56 @@ mod tests {
         Ok(())
     }
 
+    #[test]
+    fn listings_and_counts_in_the_shapes_stores_write_them() {
+        let keys = |body: &str| orders(body.as_bytes()).map(|o| o.iter().map(|r| r.get().to_string()).collect::<Vec<_>>());
+        assert_eq!(keys(r#"[{"uuid":"a"},{"uuid":"b"}]"#).unwrap(), [r#"{"uuid":"a"}"#, r#"{"uuid":"b"}"#]);
+        assert_eq!(keys(r#"{"orders": [{"uuid":"a"}], "page": 0}"#).unwrap(), [r#"{"uuid":"a"}"#]);
+        assert!(keys(r#"{"orders": [], "customers": []}"#).is_err_and(|e| e.is_retriable()), "two arrays: which is it?");
+        assert!(keys(r#"[{"uuid":"a"}"#).is_err_and(|e| e.is_retriable()), "a page cut short is retried");
+        for body in ["42", "\"42\"", r#"{"count": 42}"#, " 42\n"] {
+            assert_eq!(count(body.as_bytes()).unwrap(), 42, "{body}");
+        }
+        assert!(count(b"[42]").is_err());
+        assert_eq!(revision(&serde_json::json!(1253783394)), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!("1253783394")), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!(1253783394.9)), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!("2009-09-24T09:09:54Z")), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |edit: fn(&mut WebstoreApiSourceConfig)| {
+            let mut cfg = config(80, false);
+            edit(&mut cfg);
+            cfg.validate().map(|_| "").unwrap_or_else(|e| e.key)
+        };
+        assert_eq!(key(|_| {}), "");
+        assert_eq!(key(|c| c.size = 30), "source.size");
+        assert_eq!(key(|c| c.url = "http://store.test/acme/api/v2/sales/orders".into()), "source.url");
+        assert_eq!(key(|c| _ = c.headers.insert("Bad Name".into(), crate::secret::Secret::new("x"))), "source.headers");
+        assert_eq!(key(|c| _ = c.headers.insert("X-Token".into(), crate::secret::Secret::new("a\nb"))), "source.headers");
+    }
+
+    #[test]
+    fn requests_read_the_boundary_again_and_keep_new_orders_off_the_pages() {
+        let mut d = config(40, false).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::from_timestamp(1_750_000_000, 0).unwrap()).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders/count.json?since=1749999999");
+        let date = DateTime::from_timestamp(1_750_000_100, 0);
+        d.page(b"3", date).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders/count.json?since=1750000098&endDate=1750000099");
+        d.page(b"0", date).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders/count.json?since=1749999999&endDate=1750000099");
+        d.page(b"3", date).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders.json?size=40&page=0&since=1749999999&endDate=1750000099");
+        let e = d.page(b"3", None);
+        assert!(e.is_err(), "a listing that is a bare integer is malformed");
+        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error":"size"}"#.into(), date).unwrap_err();
+        assert!(!e.is_retriable() && e.to_string().contains("size=40"), "{e}");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
