@@ -2,8 +2,8 @@
 //! orders/s served by `GET /sales-orders/export` in pages of 1,000 (full runs over
 //! HTTP with a small Rust client), next to the raw rate of the same page queries sent
 //! straight to PostgreSQL, in the same run, with the same concurrency; then each HTTP
-//! source (`export_api`, `orders_api`) polling this server into Kafka, next to one
-//! client's plain walk of the same listing. Best of `ROUNDS`.
+//! source (`export_api`, `orders_api`, `webstore_api`) polling this server into Kafka,
+//! next to one client's plain walk of the same listing. Best of `ROUNDS`.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -130,7 +130,7 @@ async fn bench(config: Config) {
     let dir = tempfile::tempdir().unwrap();
     let brokers = &config.kafka.brokers;
     let source = format!("kind = \"export_api\"\nbase_url = \"{base}\"\ntoken = \"{token}\"");
-    let daemon = (one.0, one.1, run_once(dir.path(), brokers, "api", &source).await);
+    let daemon = (one.0, one.1, run_once(dir.path(), brokers, "api", "", &source).await);
     println!();
     println!("one client, pages of 1000");
     println!("(e) GET /sales-orders/export, one full run {:>8} orders {:>7.2} s {:>9.0} orders/s", one.0, one.2.as_secs_f64(), rate(one));
@@ -141,17 +141,54 @@ async fn bench(config: Config) {
     // Kafka, next to one client walking the same listing page by page.
     let seconds = timed_single(|| second_walk(http.clone(), base.clone(), token.clone())).await;
     let source = format!("kind = \"orders_api\"\nurl = \"{base}/api/orders/\"\napi_key = \"{token}\"\nsettle = \"0s\"");
-    let source = (seconds.0, seconds.1, run_once(dir.path(), brokers, "portal", &source).await);
+    let source = (seconds.0, seconds.1, run_once(dir.path(), brokers, "portal", "", &source).await);
     println!();
     println!("one client, pages of {ORDERS_PER_PAGE}, every include");
     println!("(k) GET /api/orders/ second by second      {:>8} orders {:>7.2} s {:>9.0} orders/s", seconds.0, seconds.2.as_secs_f64(), rate(seconds));
     println!("(o) order-cdc run --once via orders_api   {:>8} orders {:>7.2} s {:>9.0} orders/s", source.0, source.2.as_secs_f64(), rate(source));
     println!("ratio o / k = {:.2}", rate(source) / rate(seconds));
+
+    // The webstore_api source (seed 003) polling this server's listing into Kafka, next
+    // to one client walking the same listing page by page. Both start at a revision
+    // WEBSTORE_SECONDS before the newest: the listing is newest-created first and OFFSET
+    // paged, so a walk of the whole table is quadratic for both alike and says nothing more.
+    let client = state.pool.get().await.unwrap();
+    let newest: i64 = client.query_one("SELECT extract(epoch FROM max(updated_at))::bigint FROM sales_orders", &[]).await.unwrap().get(0);
+    let since = newest - WEBSTORE_SECONDS;
+    let url = format!("{base}/{}/api/v2/sales/orders.json", cfg.tenant);
+    let walk = timed_single(|| webstore_walk(http.clone(), url.clone(), token.clone(), since)).await;
+    let initial_since = DateTime::from_timestamp(since + 1, 0).unwrap().to_rfc3339();
+    let source = format!("kind = \"webstore_api\"\nurl = \"{url}\"\nsize = {WEBSTORE_SIZE}\nsettle = \"2s\"\nheaders = {{ Authorization = \"Bearer {token}\" }}");
+    let source = (walk.0, walk.1, run_once(dir.path(), brokers, "shop", &format!("initial_since = \"{initial_since}\""), &source).await);
+    println!();
+    println!("one client, pages of {WEBSTORE_SIZE}, revisions of the last {WEBSTORE_SECONDS} s");
+    println!("(w) GET /{{store}}/api/v2/sales/orders.json {:>7} orders {:>7.2} s {:>9.0} orders/s", walk.0, walk.2.as_secs_f64(), rate(walk));
+    println!("(x) order-cdc run --once via webstore_api {:>8} orders {:>7.2} s {:>9.0} orders/s", source.0, source.2.as_secs_f64(), rate(source));
+    println!("ratio x / w = {:.2}", rate(source) / rate(walk));
+}
+
+const WEBSTORE_SIZE: usize = 80;
+/// The demo load spreads `updated_at` one millisecond apart: about 1,000 orders a second.
+const WEBSTORE_SECONDS: i64 = 40;
+
+/// The seed-003 listing `since` a revision, page by page from 0 until a short page, by a
+/// plain client without Kafka: the requests of one pass of the webstore_api walk.
+async fn webstore_walk(http: reqwest::Client, url: String, token: String, since: i64) -> (usize, usize) {
+    let (mut orders, mut bytes) = (0, 0);
+    for page in 0.. {
+        let body = http.get(format!("{url}?size={WEBSTORE_SIZE}&page={page}&since={since}")).bearer_auth(&token).send().await.unwrap().bytes().await.unwrap();
+        let rows: Vec<&serde_json::value::RawValue> = serde_json::from_slice(&body).unwrap();
+        (orders, bytes) = (orders + rows.len(), bytes + body.len());
+        if rows.len() < WEBSTORE_SIZE {
+            break;
+        }
+    }
+    (orders, bytes)
 }
 
 /// `order-cdc run --once` with one pipeline of this source into a fresh topic, its
 /// checkpoints under `dir`; returns how long it took.
-async fn run_once(dir: &std::path::Path, brokers: &str, name: &str, source: &str) -> Duration {
+async fn run_once(dir: &std::path::Path, brokers: &str, name: &str, pipeline: &str, source: &str) -> Duration {
     let pipeline_config = dir.join(format!("{name}.toml"));
     let checkpoints = dir.join("checkpoints");
     let topic = format!("bench-{name}-{}", std::process::id());
@@ -159,7 +196,7 @@ async fn run_once(dir: &std::path::Path, brokers: &str, name: &str, source: &str
         &pipeline_config,
         format!(
             "[kafka]\nbrokers = \"{brokers}\"\n[metrics]\nlisten = \"127.0.0.1:0\"\n[checkpoint]\ndir = \"{}\"\n\
-             [pipelines.{name}]\ntopic = \"{topic}\"\n[pipelines.{name}.source]\n{source}\n",
+             [pipelines.{name}]\ntopic = \"{topic}\"\n{pipeline}\n[pipelines.{name}.source]\n{source}\n",
             checkpoints.display()
         ),
     )

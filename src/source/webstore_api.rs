@@ -137,6 +137,7 @@ impl DialectConfig for WebstoreApiSourceConfig {
             started: None,
             fills_pages: false,
             covered: false,
+            end_date: true,
         }))
     }
 
@@ -164,6 +165,8 @@ struct WebstoreApi {
     fills_pages: bool,
     /// A run whose `T` reached the source's start has ended (`run --once` may stop).
     covered: bool,
+    /// Whether to send `endDate` (until the store refuses it).
+    end_date: bool,
 }
 
 /// The run under way: its `T`, and its passes.
@@ -374,7 +377,7 @@ impl WebstoreApi {
 
     fn run_filters(&self, mut filters: Vec<(&'static str, String)>) -> Vec<(&'static str, String)> {
         if let Some(run) = &self.run {
-            if self.settle >= 2 {
+            if self.settle >= 2 && self.end_date {
                 filters.push(("endDate", (run.t + 1).to_string()));
             }
         }
@@ -663,6 +666,14 @@ impl Dialect for WebstoreApi {
             return self.reconcile_page(ListingStep::Confirm, None, server_date);
         }
         let query = self.request().query().unwrap_or_default().to_string();
+        if status.is_client_error() && query.contains("endDate=") {
+            // `endDate` only keeps new orders off the pages; a store that refuses it is
+            // read without it, from the start of the run.
+            tracing::warn!(status = status.as_u16(), detail = %detail, "the API refused endDate; reading without it");
+            self.end_date = false;
+            self.run = None;
+            return Err(http::http_error(Some(status.as_u16()), format!("the API refused endDate ({status}); reading without it"), true));
+        }
         Err(http::http_error(Some(status.as_u16()), format!("the API refused the request ({status}): {detail} [parameters: {query}]"), false))
     }
 
@@ -957,6 +968,14 @@ mod tests {
         assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders.json?size=40&page=0&since=1749999999&endDate=1750000099");
         let e = d.page(b"3", None);
         assert!(e.is_err(), "a listing that is a bare integer is malformed");
+        // A store that does not know endDate: the run starts again without it.
+        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error":"endDate"}"#.into(), date).unwrap_err();
+        assert!(e.is_retriable(), "{e}");
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders/count.json?since=1749999999");
+        for answer in ["3", "0", "3"] {
+            d.page(answer.as_bytes(), date).unwrap();
+        }
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders.json?size=40&page=0&since=1749999999");
         let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error":"size"}"#.into(), date).unwrap_err();
         assert!(!e.is_retriable() && e.to_string().contains("size=40"), "{e}");
     }
