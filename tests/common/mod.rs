@@ -486,10 +486,12 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+pub mod double;
 pub mod portal;
 pub mod private;
 pub mod proxy;
 pub mod server;
+pub mod webstore;
 
 /// Waits until the database clock has moved far enough past the newest order change that
 /// a fresh cutoff (held 100 ms below the clock) covers it.
