@@ -218,29 +218,9 @@ async fn a_wrong_token_stops_the_pipeline_unready_publishes_nothing_and_never_sh
     let mut p = Pipeline::webstore_api(&topic, &webstore.url, WRONG, &lines(20, ""));
     p.metrics_port = free_port();
     // A second pipeline with the right token keeps the daemon (and /health/ready) up.
-    p.extra = format!("[pipelines.other]\ntopic = \"{other_topic}\"\npoll_interval = \"200ms\"\n[pipelines.other.source]\n{}", source(&webstore.url, TOKEN, &lines(20, "")));
+    p.extra = other_pipeline(&other_topic, &source(&webstore.url, TOKEN, &lines(20, "")));
     let setup = Setup::new(&p);
-    let log = std::fs::File::create(setup.log_path()).unwrap();
-    let mut daemon = setup.command(&["run"]).env("RUST_LOG", "debug").stdout(log.try_clone().unwrap()).stderr(log).spawn().expect("spawn order-cdc");
-    let port = p.metrics_port;
-    block_in_place(|| {
-        wait_until("the pipeline to fail", StdDuration::from_secs(30), || {
-            http_get(port, "/health/ready").is_some_and(|(status, body)| status == 503 && body.contains("failed"))
-        });
-        wait_until("the other pipeline to deliver", StdDuration::from_secs(60), || latest_by_key(&read_topic(&other_topic)).len() == 100);
-    });
-    assert!(daemon.try_wait().unwrap().is_none(), "the daemon goes on with the other pipeline");
-    let (_, ready) = http_get(port, "/health/ready").unwrap();
-    assert!(ready.contains("headers"), "{ready}");
-    let (_, metrics) = http_get(port, "/metrics").unwrap();
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
-    let out = block_in_place(|| run_with_deadline(setup.command(&["run", "--once", "--pipeline", "p"]), StdDuration::from_secs(60)));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("error: pipeline p:") && stderr.contains("headers"), "{stderr}");
-    let log = setup.log();
-    for (what, text) in [("/health/ready", ready.as_str()), ("/metrics", &metrics), ("the daemon's output", &log), ("run --once's stderr", &stderr), ("run --once's stdout", &String::from_utf8_lossy(&out.stdout))] {
+    for (what, text) in block_in_place(|| refused_credential(&setup, p.metrics_port, &other_topic, 100, "headers")) {
         assert!(!text.contains(WRONG) && !text.contains(TOKEN), "a token shows in {what}: {text}");
     }
     assert!(block_in_place(|| read_topic(&topic)).is_empty(), "nothing published");
@@ -253,15 +233,7 @@ async fn a_wrong_token_stops_the_pipeline_unready_publishes_nothing_and_never_sh
 fn a_bad_size_or_reconcile_is_a_configuration_error_naming_the_key() {
     for (extra, key) in [("size = 30", "size"), ("size = 20\nreconcile = \"nightly\"", "reconcile")] {
         let topic = unique("webstore_config");
-        let p = Pipeline::webstore_api(&topic, "http://127.0.0.1:1/acme/api/v2/sales/orders.json", TOKEN, extra);
-        let setup = Setup::new(&p);
-        let out = run_with_deadline(setup.command(&["run", "--once"]), StdDuration::from_secs(60));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{extra}: {stderr}");
-        let lines: Vec<&str> = stderr.trim().lines().collect();
-        assert_eq!(lines.len(), 1, "{extra}: one line, got {stderr}");
-        assert!(lines[0].starts_with("error: ") && lines[0].contains(key) && lines[0].contains("pipelines.p.source"), "{extra}: {stderr}");
-        assert!(!stderr.contains(TOKEN) && !stderr.contains("panicked"), "{stderr}");
+        assert_config_error(&Pipeline::webstore_api(&topic, "http://127.0.0.1:1/acme/api/v2/sales/orders.json", TOKEN, extra), key, TOKEN);
     }
 }
 

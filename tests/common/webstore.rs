@@ -369,47 +369,61 @@ pub fn source(url: &str, token: &str, extra: &str) -> String {
     format!("kind = \"webstore_api\"\nurl = \"{url}\"\nheaders = {{ Authorization = \"Bearer {token}\" }}\n{extra}")
 }
 
+/// The decoded query of a request.
+fn query(uri: &Uri) -> HashMap<String, String> {
+    url::form_urlencoded::parse(uri.query().unwrap_or_default().as_bytes()).into_owned().collect()
+}
+
 /// What every request passes first: it is recorded, then the token, the queued 429s and
-/// 503s. Returns the decoded query.
-fn admit(s: &mut Store, headers: &HeaderMap, uri: &Uri) -> Result<HashMap<String, String>, Response> {
-    let raw = uri.query().unwrap_or_default();
-    let params: HashMap<String, String> = url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
+/// 503s; the answer if it does not pass.
+fn admit(s: &mut Store, headers: &HeaderMap, uri: &Uri, params: &HashMap<String, String>) -> Option<Response> {
     s.seen.requests.push((uri.path().to_string(), params.clone()));
     let expected = format!("Bearer {TOKEN}");
     match headers.get("authorization") {
         None => {
             s.seen.unauthorized += 1;
-            return Err(error(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required: send Authorization: Bearer <token>."));
+            return Some(error(StatusCode::UNAUTHORIZED, "unauthorized", "Authentication required: send Authorization: Bearer <token>."));
         }
         Some(v) if v.as_bytes() != expected.as_bytes() => {
             s.seen.unauthorized += 1;
-            return Err(error(StatusCode::UNAUTHORIZED, "invalid_token", "The access token is invalid or has expired."));
+            return Some(error(StatusCode::UNAUTHORIZED, "invalid_token", "The access token is invalid or has expired."));
         }
         Some(_) => {}
     }
     if let Some(refused) = s.throttle.check(&uri.to_string()) {
-        return Err(refused);
+        return Some(refused);
     }
     if s.unavailable > 0 {
         s.unavailable -= 1;
         s.seen.unavailable += 1;
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The service is temporarily unavailable."));
+        return Some(error(StatusCode::SERVICE_UNAVAILABLE, "unavailable", "The service is temporarily unavailable."));
     }
-    Ok(params)
+    None
 }
 
-fn refuse(s: &mut Store, status: StatusCode, message: String) -> Response {
+/// The listing's parameters, validated.
+struct Listing {
+    size: usize,
+    page: usize,
+    since: Option<i64>,
+}
+
+fn validate(params: &HashMap<String, String>) -> Result<Listing, (StatusCode, String)> {
+    fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str) -> Result<Option<T>, (StatusCode, String)> {
+        params.get(name).map(|v| v.parse().map_err(|_| (StatusCode::BAD_REQUEST, format!("{name} must be a whole number.")))).transpose()
+    }
+    let size = number(params, "size")?.unwrap_or(40);
+    if !SIZES.contains(&size) {
+        return Err((StatusCode::UNPROCESSABLE_ENTITY, "size is limited to 20, 40 or 80.".into()));
+    }
+    Ok(Listing { size, page: number(params, "page")?.unwrap_or(0), since: number(params, "since")? })
+}
+
+/// A 400 or 422, noted.
+fn refuse(s: &mut Store, (status, message): (StatusCode, String)) -> Response {
     s.seen.refused.push((status.as_u16(), message.clone()));
     let kind = if status == StatusCode::UNPROCESSABLE_ENTITY { "validation_error" } else { "invalid_parameter" };
     error(status, kind, &message)
-}
-
-/// A whole-number parameter, or a 400 naming it.
-fn number<T: std::str::FromStr>(s: &mut Store, params: &HashMap<String, String>, name: &str) -> Result<Option<T>, Response> {
-    match params.get(name) {
-        None => Ok(None),
-        Some(v) => v.parse().map(Some).map_err(|_| refuse(s, StatusCode::BAD_REQUEST, format!("{name} must be a whole number."))),
-    }
 }
 
 /// A 200 with the store's `Date`.
@@ -424,52 +438,53 @@ fn not_found() -> Response {
 async fn list(State(store): State<Shared>, Path(handle): Path<String>, headers: HeaderMap, uri: Uri) -> Response {
     let mut s = store.lock().unwrap();
     let s = &mut *s;
-    answer_list(s, &handle, &headers, &uri).unwrap_or_else(|refused| refused)
-}
-
-fn answer_list(s: &mut Store, handle: &str, headers: &HeaderMap, uri: &Uri) -> Result<Response, Response> {
-    let params = admit(s, headers, uri)?;
+    let params = query(&uri);
+    if let Some(refused) = admit(s, &headers, &uri, &params) {
+        return refused;
+    }
     if handle != STORE {
-        return Err(not_found());
+        return not_found();
     }
-    let size = number::<usize>(s, &params, "size")?.unwrap_or(40);
-    if !SIZES.contains(&size) {
-        return Err(refuse(s, StatusCode::UNPROCESSABLE_ENTITY, "size is limited to 20, 40 or 80.".into()));
-    }
-    let page = number::<usize>(s, &params, "page")?.unwrap_or(0);
-    let since = number::<i64>(s, &params, "since")?;
+    let listing = match validate(&params) {
+        Ok(listing) => listing,
+        Err(refusal) => return refuse(s, refusal),
+    };
     if let Some(mut hook) = s.hook.take() {
         let pages = s.seen.pages;
         hook(s, pages);
         s.hook.get_or_insert(hook);
     }
     s.seen.pages += 1;
-    let orders: Vec<&str> = s.listing(since).skip(page * size).take(size).map(|o| o.document.as_str()).collect();
+    let orders: Vec<&str> = s.listing(listing.since).skip(listing.page * listing.size).take(listing.size).map(|o| o.document.as_str()).collect();
     let array = format!("[{}]", orders.join(", "));
     let body = match s.shape {
         Shape::Array => array,
         Shape::Wrapped => format!("{{\"orders\": {array}}}"),
     };
-    Ok(ok(s, body))
+    ok(s, body)
 }
 
 /// `count.json` or `<uuid>.json`.
 async fn one(State(store): State<Shared>, Path((handle, file)): Path<(String, String)>, headers: HeaderMap, uri: Uri) -> Response {
     let mut s = store.lock().unwrap();
     let s = &mut *s;
-    answer_one(s, &handle, &file, &headers, &uri).unwrap_or_else(|refused| refused)
-}
-
-fn answer_one(s: &mut Store, handle: &str, file: &str, headers: &HeaderMap, uri: &Uri) -> Result<Response, Response> {
-    let params = admit(s, headers, uri)?;
-    let name = file.strip_suffix(".json").filter(|_| handle == STORE).ok_or_else(not_found)?;
+    let params = query(&uri);
+    if let Some(refused) = admit(s, &headers, &uri, &params) {
+        return refused;
+    }
+    let Some(name) = file.strip_suffix(".json").filter(|_| handle == STORE) else { return not_found() };
     if name == "count" {
-        let since = number::<i64>(s, &params, "since")?;
+        let since = match validate(&params) {
+            Ok(listing) => listing.since,
+            Err(refusal) => return refuse(s, refusal),
+        };
         s.seen.counts += 1;
         let count = s.listing(since).count();
-        return Ok(ok(s, count.to_string()));
+        return ok(s, count.to_string());
     }
     s.seen.singles += 1;
-    let document = s.get(name).ok_or_else(not_found)?.document.clone();
-    Ok(ok(s, document))
+    match s.get(name).map(|o| o.document.clone()) {
+        Some(document) => ok(s, document),
+        None => not_found(),
+    }
 }
