@@ -303,9 +303,10 @@ pub struct Tally {
 }
 
 impl Tally {
-    /// Events beyond one per live order and one per published deleted order.
+    /// Versions beyond one per live order and one per published deleted order (tombstones
+    /// not counted).
     pub fn duplicates(&self, live: usize) -> usize {
-        self.events - live - self.deleted_keys
+        self.events - self.tombstones - live - self.deleted_keys
     }
 }
 
