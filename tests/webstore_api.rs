@@ -99,8 +99,8 @@ async fn churning_walk(reconcile: &str) -> (Webstore, Tally) {
     let tally = check_topic(&block_in_place(|| read_topic(&topic)), &s.documents(), &s.deleted, tombstones).unwrap_or_else(|problem| panic!("{problem} (matched before: {tally:?})"));
     assert_eq!((s.len(), s.deleted.len()), (600, HOOKED_PAGES as usize), "as many created as deleted");
     assert!(s.documents().values().filter(|d| !d.contains("\"version 1\\n")).count() >= 60, "orders updated during walks");
-    assert_manners(&webstore.seen(), 20);
     drop(s);
+    assert_manners(&webstore.seen(), 20);
     (webstore, tally)
 }
 
