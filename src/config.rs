@@ -297,6 +297,7 @@ pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
     ExportApi(ExportApiSourceConfig),
     OrdersApi(OrdersApiSourceConfig),
+    WebstoreApi(WebstoreApiSourceConfig),
 }
 
 /// A configured source as the daemon builds it: the database, or an HTTP dialect.
@@ -311,6 +312,7 @@ impl SourceConfig {
             Self::Postgres(c) => SourceKind::Postgres(c),
             Self::ExportApi(c) => SourceKind::Http(c),
             Self::OrdersApi(c) => SourceKind::Http(c),
+            Self::WebstoreApi(c) => SourceKind::Http(c),
         }
     }
 }
@@ -375,6 +377,57 @@ pub struct OrdersApiSourceConfig {
     /// A larger page is an error (lower `per_page`).
     #[serde(default = "default_max_response_bytes")]
     pub max_response_bytes: usize,
+}
+
+/// `kind = "webstore_api"`: a webstore's `GET /[store]/api/v2/sales/orders.json` (seed
+/// 003), ours from `order-cdc serve` or a store's.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct WebstoreApiSourceConfig {
+    /// The collection URL, e.g. `https://shop.example/acme/api/v2/sales/orders.json`.
+    pub url: String,
+    /// Orders per page: 20, 40 or 80.
+    #[serde(default = "default_webstore_size")]
+    pub size: u32,
+    /// Headers sent with every request (the API names no auth scheme), e.g.
+    /// `{ Authorization = "Bearer …" }`; the values never print.
+    #[serde(default)]
+    pub headers: BTreeMap<String, Secret>,
+    /// A run reads revisions up to the server's clock (its `Date` header) minus this, so
+    /// that writes still committing when the run starts are inside a later run.
+    #[serde(default = "default_settle", with = "humantime_serde")]
+    pub settle: Duration,
+    /// How often a full listing finds deleted orders (`off`, or a period such as `1h`).
+    #[serde(default, with = "reconcile_period")]
+    pub reconcile: Option<Duration>,
+    /// One request, from connecting to the last byte.
+    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    pub request_timeout: Duration,
+    /// A larger page is an error (lower `size`).
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+}
+
+fn default_webstore_size() -> u32 {
+    80
+}
+
+/// `reconcile = "off"` or a period.
+mod reconcile_period {
+    use std::time::Duration;
+
+    use serde::{Deserialize, Deserializer};
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let text = String::deserialize(d)?;
+        if text.trim() == "off" {
+            return Ok(None);
+        }
+        match humantime_serde::re::humantime::parse_duration(text.trim()) {
+            Ok(period) if !period.is_zero() => Ok(Some(period)),
+            _ => Err(serde::de::Error::custom(format!("{text:?} is neither \"off\" nor a period such as \"1h\""))),
+        }
+    }
 }
 
 fn default_orders_per_page() -> u32 {

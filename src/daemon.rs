@@ -10,7 +10,7 @@ use crate::metrics::{self, Metrics, PipelineState};
 use crate::pipeline::{Pipeline, PipelineError, Settings};
 use crate::shutdown;
 use crate::sink::kafka::{Publisher, PublisherSpec, Transactional};
-use crate::source::http::HttpSource;
+use crate::source::http::{HttpSource, LocalState};
 use crate::source::postgres::PostgresSource;
 use crate::source::{self, ConfiguredSource};
 use crate::timestamp;
@@ -113,7 +113,10 @@ async fn build(
         SourceKind::Postgres(cfg) => {
             ConfiguredSource::Postgres(PostgresSource::open(cfg.clone(), name, p.batch_size, pipeline_metrics.clone(), once).await?)
         }
-        SourceKind::Http(dialect) => ConfiguredSource::Http(HttpSource::open(dialect, pipeline_metrics.clone())?),
+        SourceKind::Http(dialect) => {
+            let local = LocalState { dir: &config.checkpoint.dir, pipeline: name };
+            ConfiguredSource::Http(HttpSource::open(dialect, &local, pipeline_metrics.clone())?)
+        }
     };
     let store = checkpoint::store_for(config, p);
     let transactional = match (&store, p.delivery) {

@@ -470,11 +470,7 @@ async fn plan(client: &tokio_postgres::Client, query: &str) -> (String, String) 
     let pairs: Vec<(String, String)> = url::form_urlencoded::parse(query.as_bytes()).into_owned().collect();
     let listing = Listing::parse(&pairs, "public").unwrap_or_else(|e| panic!("{query}: {}", e.message));
     let params = listing.params();
-    let explain = |sql: &str| format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) {sql}");
-    let text = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n");
-    let count = text(client.query(&explain(&listing.count_sql), &params[..listing.count_params]).await.unwrap());
-    let page = text(client.query(&explain(&listing.page_sql), &params).await.unwrap());
-    (count, page)
+    plans(client, (&listing.count_sql, &params[..listing.count_params]), (&listing.page_sql, &params)).await
 }
 
 /// The sync pattern walks the `(updated_at, id)` index on 1,000,000 orders: no sequential

@@ -28,7 +28,7 @@ pub const ORDER_STATUSES: &[&str] = &[
     "pending", "shipped", "fulfilled", "cancelled", "awaiting_shipment", "partially_shipped", "on_hold", "backorder",
     "partially_refunded", "committed", "processing", "completed",
 ];
-const MAX_TEXT: usize = 255;
+pub(super) const MAX_TEXT: usize = 255;
 const DATES: &[&str] = &["ship_date", "hold_until_date", "ship_by_date", "earliest_ship_date"];
 const TEXTS: &[&str] = &["customer_username", "customer_po_number", "requested_shipping_service"];
 const NOTES: &[&str] = &["customer_notes", "internal_notes"];
@@ -65,17 +65,18 @@ struct NewItem {
     custom_fields: Value,
 }
 
-/// Collects field errors while reading the request.
-struct Checker {
-    errors: Vec<FieldError>,
+/// Collects field errors while reading a request (here and in the webstore's PUT).
+#[derive(Default)]
+pub(super) struct Checker {
+    pub(super) errors: Vec<FieldError>,
 }
 
 impl Checker {
-    fn fail(&mut self, field: &str, message: impl Into<String>) {
+    pub(super) fn fail(&mut self, field: &str, message: impl Into<String>) {
         self.errors.push(FieldError { field: field.to_string(), message: message.into() });
     }
 
-    fn integer(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<i64> {
+    pub(super) fn integer(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool) -> Option<i64> {
         match obj.get(key) {
             None | Some(Value::Null) if required => {
                 self.fail(path, "is required");
@@ -89,7 +90,7 @@ impl Checker {
         }
     }
 
-    fn text(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool, max: Option<usize>) -> Option<String> {
+    pub(super) fn text(&mut self, obj: &Map<String, Value>, key: &str, path: &str, required: bool, max: Option<usize>) -> Option<String> {
         match obj.get(key) {
             None | Some(Value::Null) if required => {
                 self.fail(path, "is required");
@@ -176,7 +177,7 @@ impl Checker {
     }
 }
 
-fn is_email(s: &str) -> bool {
+pub(super) fn is_email(s: &str) -> bool {
     let Some((local, domain)) = s.split_once('@') else { return false };
     !local.is_empty()
         && domain.contains('.')
@@ -187,7 +188,7 @@ fn is_email(s: &str) -> bool {
 }
 
 /// PostgreSQL text cannot hold NUL characters; find the first field that has one.
-fn nul_path(value: &Value, path: &str) -> Option<String> {
+pub(super) fn nul_path(value: &Value, path: &str) -> Option<String> {
     match value {
         Value::String(s) if s.contains('\0') => Some(path.to_string()),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_path(v, &format!("{path}[{i}]"))),
@@ -202,7 +203,7 @@ fn nul_path(value: &Value, path: &str) -> Option<String> {
 }
 
 /// The largest amount a `numeric(14,2)` column holds, in cents.
-const MAX_CENTS: i64 = 100_000_000_000_000 - 1;
+pub(super) const MAX_CENTS: i64 = 100_000_000_000_000 - 1;
 
 fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     let Some(obj) = body.as_object() else {
@@ -308,8 +309,30 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     })
 }
 
-fn money(cents: i64) -> String {
+pub(super) fn money(cents: i64) -> String {
     format!("{}.{:02}", cents / 100, cents % 100)
+}
+
+/// `total` (cents) shared out over lines in proportion to their subtotals, in cents that add
+/// up to it exactly: the last line takes the rounding (or the whole when every subtotal is 0).
+fn tax_shares(total: i64, subtotals: &[i64]) -> Vec<i64> {
+    let sum: i128 = subtotals.iter().map(|s| *s as i128).sum();
+    let mut shares: Vec<i64> =
+        subtotals.iter().map(|s| if sum == 0 { 0 } else { (total as i128 * *s as i128 / sum) as i64 }).collect();
+    let shared: i64 = shares.iter().sum();
+    if let Some(last) = shares.last_mut() {
+        *last += total - shared;
+    }
+    shares
+}
+
+/// The tax rate (percent, two decimals) that `tax` is of `subtotal`, both in cents.
+fn tax_rate(tax: i64, subtotal: i64) -> String {
+    if subtotal == 0 {
+        return "0".into();
+    }
+    let hundredths = (tax as i128 * 10_000 + subtotal as i128 / 2) / subtotal as i128;
+    format!("{}.{:02}", hundredths / 100, hundredths % 100)
 }
 
 /// The full order document of seed 004 for the order with id `$1`.
@@ -497,16 +520,32 @@ pub async fn create(State(state): State<Arc<AppState>>, body: Result<Bytes, Byte
         }
         Err(e) => return Err(ApiError::database(e)),
     };
+    // Seed 003's line fields: a weight from the product's, and the order's tax shared out
+    // over the lines by subtotal (the last line takes the rounding), one tax each.
     let item_sql = format!(
-        "INSERT INTO {s}.sales_order_items (sales_order_id, line_number, product_id, sku, name, upc, quantity, unit_price, tags, custom_fields)
-         SELECT $1, $2, p.id, p.sku, p.name, p.upc, $4, $5::text::numeric, $6, $7 FROM {s}.products p WHERE p.id = $3"
+        "INSERT INTO {s}.sales_order_items (sales_order_id, line_number, product_id, sku, name, upc, quantity, unit_price, tags, custom_fields,
+                tax, total_weight)
+         SELECT $1, $2, p.id, p.sku, p.name, p.upc, $4::integer, $5::text::numeric, $6, $7, $8::text::numeric, $4::integer * coalesce(p.weight, 0)
+           FROM {s}.products p WHERE p.id = $3
+         RETURNING id"
     );
-    for (n, item) in order.items.iter().enumerate() {
+    let tax_sql = format!(
+        "INSERT INTO {s}.sales_order_item_taxes (sales_order_id, item_id, name, taxtype, rate, total)
+         VALUES ($1, $2, 'Tax', 'SALES', $3::text::numeric, $4::text::numeric)"
+    );
+    let shares = tax_shares(order.total_tax, &order.items.iter().map(|i| i.quantity.saturating_mul(i.unit_price)).collect::<Vec<_>>());
+    let rate = tax_rate(order.total_tax, product_total);
+    for (n, (item, share)) in order.items.iter().zip(shares).enumerate() {
         let line = n as i32 + 1;
         let quantity = i32::try_from(item.quantity).expect("validated");
-        tx.execute(&item_sql, &[&id, &line, &item.product_id, &quantity, &money(item.unit_price), &item.tags, &item.custom_fields])
+        let item_id: i64 = tx
+            .query_one(&item_sql, &[&id, &line, &item.product_id, &quantity, &money(item.unit_price), &item.tags, &item.custom_fields, &money(share)])
             .await
-            .map_err(ApiError::database)?;
+            .map_err(ApiError::database)?
+            .get(0);
+        if order.total_tax > 0 {
+            tx.execute(&tax_sql, &[&id, &item_id, &rate, &money(share)]).await.map_err(ApiError::database)?;
+        }
     }
     if !order.tags.is_empty() {
         tx.execute(&format!("INSERT INTO {s}.tags (name) SELECT unnest($1::text[]) ON CONFLICT (name) DO NOTHING"), &[&order.tags])
@@ -581,6 +620,15 @@ mod tests {
         let mut b = minimal();
         b["custom_fields"] = json!({"note": "a\u{0}b"});
         assert_eq!(fields(b), vec!["custom_fields.note"]);
+    }
+
+    #[test]
+    fn the_tax_is_shared_out_exactly() {
+        assert_eq!(tax_shares(1000, &[100, 200, 0]), vec![333, 666, 1]);
+        assert_eq!(tax_shares(1000, &[0, 0]), vec![0, 1000]);
+        assert_eq!(tax_shares(0, &[5]), vec![0]);
+        assert_eq!(tax_rate(1575, 12498), "12.60");
+        assert_eq!(tax_rate(5, 0), "0");
     }
 
     #[test]

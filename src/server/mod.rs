@@ -8,6 +8,7 @@ pub mod cursor;
 pub mod error;
 pub mod export;
 pub mod orders;
+pub mod webstore;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -64,8 +65,10 @@ pub struct AppState {
     pub cutoff_mode: CutoffMode,
     pub sql: ExportSql,
     pub schema: String,
-    /// `meta.tenant_id` of the orders listing.
+    /// `meta.tenant_id` of the orders listing, and the webstore's store handle.
     pub tenant: String,
+    /// The webstore dialect's SQL (seed 003).
+    pub webstore: webstore::Sql,
     pub tokens: auth::Tokens,
     pub metrics: Arc<Metrics>,
 }
@@ -99,6 +102,7 @@ pub async fn state(cfg: &ServerConfig, metrics: Arc<Metrics>) -> Result<AppState
         cursor_ttl: chrono::Duration::from_std(cfg.cursor_ttl).unwrap_or(chrono::Duration::hours(24)),
         cutoff_mode,
         sql: ExportSql::new(&schema),
+        webstore: webstore::Sql::new(&schema),
         schema,
         tenant: cfg.tenant.clone(),
         tokens: auth::Tokens::new(&cfg.tokens),
@@ -126,6 +130,9 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
     let api = Router::new()
         .route("/sales-orders/export", get(export::export))
         .route("/sales-orders", post(create::create))
+        // Seed 003: the store handle is `[server].tenant` (another is a 404), after auth.
+        .route("/{store}/api/v2/sales/orders.json", get(webstore::list))
+        .route("/{store}/api/v2/sales/orders/{file}", get(webstore::get).put(webstore::put).delete(webstore::delete))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_bearer));
     Router::new()
         .merge(api)

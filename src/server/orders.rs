@@ -44,7 +44,7 @@ const SORTABLE: &[(&str, &str)] = &[
 
 /// The customer shown and searched: the customer record, or what the order itself says
 /// of its buyer when it has none (orders written before customers existed).
-const CUSTOMER_NAME: &str = "coalesce(c.name, t.customer_username)";
+pub(super) const CUSTOMER_NAME: &str = "coalesce(c.name, t.customer_username)";
 const CUSTOMER_EMAIL: &str = "coalesce(c.email, t.customer_email)";
 
 /// The columns `filter_on` may name.
@@ -54,12 +54,12 @@ const FILTER_ON: &[&str] = &["created_at", "updated_at", "placed_at"];
 const INCLUDES: &[&str] = &["items", "shipments", "status_history"];
 
 /// Parameters this route reads; others are ignored, as the export ignores them.
-type Pairs = [(String, String)];
+pub(super) type Pairs = [(String, String)];
 
-type Param = Box<dyn ToSql + Sync + Send>;
+pub(super) type Param = Box<dyn ToSql + Sync + Send>;
 
 /// A parameter in a format we cannot read: 400.
-fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
+pub(super) fn bad(param: &str, message: impl std::fmt::Display) -> ApiError {
     ApiError::bad_request("invalid_parameter", format!("{param}: {message}"))
 }
 
@@ -69,19 +69,19 @@ fn unacceptable(param: &str, message: impl std::fmt::Display) -> ApiError {
 }
 
 /// The last non-empty value of a parameter: an empty value (`?q=`) is an unset filter.
-fn value<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
+pub(super) fn value<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
     pairs.iter().rev().find(|(k, v)| k == name && !v.trim().is_empty()).map(|(_, v)| v.trim())
 }
 
 /// Text that goes to PostgreSQL, which cannot hold NUL characters.
-fn text<'a>(pairs: &'a Pairs, name: &str) -> Result<Option<&'a str>, ApiError> {
+pub(super) fn text<'a>(pairs: &'a Pairs, name: &str) -> Result<Option<&'a str>, ApiError> {
     match value(pairs, name) {
         Some(v) if v.contains('\0') => Err(bad(name, "must not contain NUL characters")),
         other => Ok(other),
     }
 }
 
-fn integer(pairs: &Pairs, name: &str) -> Result<Option<i64>, ApiError> {
+pub(super) fn integer(pairs: &Pairs, name: &str) -> Result<Option<i64>, ApiError> {
     value(pairs, name).map(|v| v.parse::<i64>().map_err(|_| bad(name, format!("must be an integer, not {v:?}")))).transpose()
 }
 
@@ -155,7 +155,7 @@ pub struct Listing {
 
 impl Listing {
     pub fn params(&self) -> Vec<&(dyn ToSql + Sync)> {
-        self.params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+        borrowed(&self.params)
     }
 
     /// Reads the query string's parameters (decoded pairs) into the SQL over `schema`.
@@ -275,10 +275,15 @@ impl Listing {
     }
 }
 
+/// Boxed parameters as the driver takes them.
+pub(super) fn borrowed(params: &[Param]) -> Vec<&(dyn ToSql + Sync)> {
+    params.iter().map(|p| p.as_ref() as &(dyn ToSql + Sync)).collect()
+}
+
 /// The WHERE clause being built, with its numbered parameters.
-struct Where {
-    conditions: Vec<String>,
-    params: Vec<Param>,
+pub(super) struct Where {
+    pub(super) conditions: Vec<String>,
+    pub(super) params: Vec<Param>,
 }
 
 impl Default for Where {
@@ -288,12 +293,12 @@ impl Default for Where {
 }
 
 impl Where {
-    fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
+    pub(super) fn bind(&mut self, value: impl ToSql + Sync + Send + 'static) -> String {
         self.params.push(Box::new(value));
         format!("${}", self.params.len())
     }
 
-    fn and(&mut self, condition: String) {
+    pub(super) fn and(&mut self, condition: String) {
         self.conditions.push(condition);
     }
 }

@@ -13,7 +13,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::head::HeadFields;
-use super::http::{self, Credential, Dialect, DialectConfig, TransportSettings};
+use super::http::{self, Credential, Dialect, DialectConfig, LocalState, TransportSettings};
 use super::{Batch, Record, RecordBody, SourceError};
 use crate::config::{ExportApiSourceConfig, InvalidValue};
 use crate::timestamp;
@@ -96,7 +96,7 @@ impl DialectConfig for ExportApiSourceConfig {
         }
     }
 
-    fn open(&self) -> Result<Box<dyn Dialect>, SourceError> {
+    fn open(&self, _local: &LocalState) -> Result<Box<dyn Dialect>, SourceError> {
         let endpoint = url::Url::parse(&self.identity()).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
         Ok(Box::new(ExportApi { cfg: self.clone(), endpoint, read: Position::at(timestamp::epoch()), covers_start: false }))
     }
@@ -134,16 +134,16 @@ impl Dialect for ExportApi {
         url
     }
 
-    fn refused(&mut self, status: StatusCode, detail: String) -> SourceError {
+    fn refused(&mut self, status: StatusCode, detail: String, _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         if self.read.cursor.is_some() {
             // The cursor was refused (expired, signed by a key that rotated away...):
             // start the run again from its since. Duplicates, never loss.
             tracing::warn!(status = status.as_u16(), detail = %detail, since = %self.read.since, "the API refused the cursor; restarting the run from its since");
             self.read.cursor = None;
             self.read.cutoff = None;
-            return SourceError::CursorRefused { status: status.as_u16(), detail };
+            return Err(SourceError::CursorRefused { status: status.as_u16(), detail });
         }
-        http::http_error(Some(status.as_u16()), format!("the API refused since={} ({status}): {detail}", self.read.since), false)
+        Err(http::http_error(Some(status.as_u16()), format!("the API refused since={} ({status}): {detail}", self.read.since), false))
     }
 
     fn page(&mut self, body: &[u8], _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {

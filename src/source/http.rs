@@ -30,8 +30,9 @@ pub trait DialectConfig: Send + Sync {
     fn validate(&self) -> Result<(), InvalidValue>;
     /// What the transport needs.
     fn transport(&self) -> TransportSettings;
-    /// The dialect, at the start of its history.
-    fn open(&self) -> Result<Box<dyn Dialect>, SourceError>;
+    /// The dialect, at the start of its history; `local` is where it may keep state beside
+    /// the checkpoint.
+    fn open(&self, local: &LocalState) -> Result<Box<dyn Dialect>, SourceError>;
     /// The position a run starting at `since` begins from (`checkpoint set --since`).
     fn position_since(&self, since: DateTime<Utc>) -> serde_json::Value;
 }
@@ -45,8 +46,24 @@ pub trait Dialect: Send {
     /// A 200's body (and the server's clock, its `Date`): the batch, with the read
     /// position advanced past it.
     fn page(&mut self, body: &[u8], server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError>;
-    /// What a 4xx means that is not 401, 403, 408 or 429; `detail` is the body's start.
-    fn refused(&mut self, status: StatusCode, detail: String) -> SourceError;
+    /// What a 4xx means that is not 401, 403, 408 or 429 (`detail` is the body's start):
+    /// an error, or for a dialect that asked whether something exists, an answer.
+    fn refused(&mut self, status: StatusCode, detail: String, server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError>;
+}
+
+/// Where a pipeline's dialect may keep state that outgrows a checkpoint: a directory
+/// beside the checkpoints (`[checkpoint] dir`), named for the pipeline.
+pub struct LocalState<'a> {
+    pub dir: &'a std::path::Path,
+    pub pipeline: &'a str,
+}
+
+#[cfg(test)]
+impl LocalState<'static> {
+    /// For a dialect that keeps no local state.
+    pub fn none() -> Self {
+        Self { dir: std::path::Path::new("."), pipeline: "test" }
+    }
 }
 
 pub struct TransportSettings {
@@ -64,31 +81,48 @@ pub enum Credential {
     Bearer { key: &'static str, token: Secret },
     /// A header of its own, e.g. `X-API-Key`.
     Header { key: &'static str, name: HeaderName, value: Secret },
+    /// Headers of the operator's choosing, for an API that names no scheme: every value
+    /// is treated as a secret.
+    Headers { key: &'static str, headers: Vec<(HeaderName, Secret)> },
 }
 
 impl Credential {
     /// The configuration key that holds it, for the error that tells the operator to check it.
     fn key(&self) -> &'static str {
         match self {
-            Self::Bearer { key, .. } | Self::Header { key, .. } => key,
+            Self::Bearer { key, .. } | Self::Header { key, .. } | Self::Headers { key, .. } => key,
         }
     }
 
-    fn secret(&self) -> &Secret {
-        match self {
-            Self::Bearer { token, .. } => token,
-            Self::Header { value, .. } => value,
-        }
-    }
-
-    fn header(&self) -> Result<(HeaderName, HeaderValue), SourceError> {
-        let (name, value) = match self {
-            Self::Bearer { token, .. } => (reqwest::header::AUTHORIZATION, format!("Bearer {}", token.expose())),
-            Self::Header { name, value, .. } => (name.clone(), value.expose().to_string()),
+    /// What must never be quoted back: each value, and its last word (a server may echo
+    /// the token of `Bearer <token>` alone).
+    fn secrets(&self) -> Vec<String> {
+        let values: Vec<&str> = match self {
+            Self::Bearer { token, .. } => vec![token.expose()],
+            Self::Header { value, .. } => vec![value.expose()],
+            Self::Headers { headers, .. } => headers.iter().map(|(_, v)| v.expose()).collect(),
         };
-        let mut value = HeaderValue::from_str(&value).map_err(|_| SourceError::Setup(format!("source.{} holds characters a header cannot carry", self.key())))?;
-        value.set_sensitive(true);
-        Ok((name, value))
+        let mut secrets: Vec<String> = values.iter().flat_map(|v| [v.trim(), v.split_whitespace().last().unwrap_or_default()]).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        // The longest first, so that a value is cut out whole before its last word is.
+        secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
+        secrets.dedup();
+        secrets
+    }
+
+    fn headers(&self) -> Result<Vec<(HeaderName, HeaderValue)>, SourceError> {
+        let pairs = match self {
+            Self::Bearer { token, .. } => vec![(reqwest::header::AUTHORIZATION, format!("Bearer {}", token.expose()))],
+            Self::Header { name, value, .. } => vec![(name.clone(), value.expose().to_string())],
+            Self::Headers { headers, .. } => headers.iter().map(|(n, v)| (n.clone(), v.expose().to_string())).collect(),
+        };
+        pairs
+            .into_iter()
+            .map(|(name, value)| {
+                let mut value = HeaderValue::from_str(&value).map_err(|_| SourceError::Setup(format!("source.{} holds characters a header cannot carry", self.key())))?;
+                value.set_sensitive(true);
+                Ok((name, value))
+            })
+            .collect()
     }
 }
 
@@ -96,9 +130,9 @@ impl Credential {
 #[derive(Clone)]
 struct Transport {
     http: reqwest::Client,
-    credential: (HeaderName, HeaderValue),
-    /// The secret itself, cut out of any error body quoted back (a server may echo it).
-    secret: Secret,
+    credential: Vec<(HeaderName, HeaderValue)>,
+    /// The secrets themselves, cut out of any error body quoted back (a server may echo them).
+    secrets: Vec<String>,
     max_response_bytes: usize,
     metrics: PipelineMetrics,
 }
@@ -118,14 +152,17 @@ impl Transport {
             .user_agent(concat!("order-cdc/", env!("CARGO_PKG_VERSION")))
             .build()
             .map_err(|e| SourceError::Setup(format!("HTTP client: {e}")))?;
-        let (credential, secret) = (settings.credential.header()?, settings.credential.secret().clone());
-        Ok(Self { http, credential, secret, max_response_bytes: settings.max_response_bytes, metrics })
+        let (credential, secrets) = (settings.credential.headers()?, settings.credential.secrets());
+        Ok(Self { http, credential, secrets, max_response_bytes: settings.max_response_bytes, metrics })
     }
 
     async fn get(self, url: url::Url) -> Result<Reply, SourceError> {
         let begun = Instant::now();
-        let (name, value) = self.credential.clone();
-        let sent = self.http.get(url).header(name, value).send().await;
+        let mut request = self.http.get(url);
+        for (name, value) in &self.credential {
+            request = request.header(name, value);
+        }
+        let sent = request.send().await;
         let reply = match sent {
             Ok(response) => {
                 self.metrics.source_request(response.status().as_str());
@@ -188,10 +225,10 @@ pub struct HttpSource {
 }
 
 impl HttpSource {
-    pub fn open(cfg: &dyn DialectConfig, metrics: PipelineMetrics) -> Result<Self, SourceError> {
+    pub fn open(cfg: &dyn DialectConfig, local: &LocalState, metrics: PipelineMetrics) -> Result<Self, SourceError> {
         let settings = cfg.transport();
         let credential_key = settings.credential.key();
-        Ok(Self { dialect: cfg.open()?, transport: Transport::new(&settings, metrics)?, credential_key, endpoint: cfg.identity(), prefetch: None })
+        Ok(Self { dialect: cfg.open(local)?, transport: Transport::new(&settings, metrics)?, credential_key, endpoint: cfg.identity(), prefetch: None })
     }
 
     async fn fetch(&mut self) -> Result<Batch, SourceError> {
@@ -204,10 +241,11 @@ impl HttpSource {
             _ => self.transport.clone().get(url).await,
         }?;
         let Reply { status, headers, body } = reply;
-        let secret = self.transport.secret.expose();
-        let detail = |body: Result<Vec<u8>, SourceError>| body.map(|b| excerpt(&b).replace(secret, "***")).unwrap_or_default();
+        let secrets = &self.transport.secrets;
+        let detail = |body: Result<Vec<u8>, SourceError>| body.map(|b| secrets.iter().fold(excerpt(&b), |text, s| text.replace(s.as_str(), "***"))).unwrap_or_default();
+        let server_date = headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| DateTime::parse_from_rfc2822(v).ok()).map(|d| d.with_timezone(&Utc));
         match status {
-            StatusCode::OK => {}
+            s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
                 return Err(SourceError::Unauthorized {
                     key: self.credential_key,
@@ -221,16 +259,23 @@ impl HttpSource {
             s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
                 return Err(http_error(Some(s.as_u16()), format!("the API answered {s}"), true));
             }
-            s => return Err(self.dialect.refused(s, detail(body))),
+            s => {
+                let batch = self.dialect.refused(s, detail(body), server_date)?;
+                self.prefetch_next(&batch);
+                return Ok(batch);
+            }
         }
-        let body = body?;
-        let server_date = headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| DateTime::parse_from_rfc2822(v).ok()).map(|d| d.with_timezone(&Utc));
-        let batch = self.dialect.page(&body, server_date)?;
+        let batch = self.dialect.page(&body?, server_date)?;
+        self.prefetch_next(&batch);
+        Ok(batch)
+    }
+
+    /// Starts the next request while this batch is published, unless the run is over.
+    fn prefetch_next(&mut self, batch: &Batch) {
         if !batch.ends_run {
             let url = self.dialect.request();
             self.prefetch = Some(Prefetch { url: url.clone(), task: tokio::spawn(self.transport.clone().get(url)) });
         }
-        Ok(batch)
     }
 }
 

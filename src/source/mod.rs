@@ -7,6 +7,8 @@ mod head;
 pub mod http;
 pub mod orders_api;
 pub mod postgres;
+mod published;
+pub mod webstore_api;
 
 use std::future::Future;
 

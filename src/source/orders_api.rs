@@ -37,7 +37,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use super::head::HeadFields;
-use super::http::{self, Credential, Dialect, DialectConfig, TransportSettings};
+use super::http::{self, Credential, Dialect, DialectConfig, LocalState, TransportSettings};
 use super::{Batch, Record, RecordBody, SourceError};
 use crate::config::{InvalidValue, OrdersApiSourceConfig};
 
@@ -104,7 +104,7 @@ impl DialectConfig for OrdersApiSourceConfig {
         }
     }
 
-    fn open(&self) -> Result<Box<dyn Dialect>, SourceError> {
+    fn open(&self, _local: &LocalState) -> Result<Box<dyn Dialect>, SourceError> {
         let endpoint = url::Url::parse(&self.url).map_err(|e| SourceError::Setup(format!("source.url is not a URL: {e}")))?;
         let zone = Tz::from_str(&self.timezone).map_err(|_| SourceError::Setup("source.timezone is not an IANA time zone".into()))?;
         let settle = TimeDelta::from_std(self.settle).map_err(|_| SourceError::Setup("source.settle is too long".into()))?;
@@ -382,14 +382,14 @@ impl Dialect for OrdersApi {
         url
     }
 
-    fn refused(&mut self, status: StatusCode, detail: String) -> SourceError {
+    fn refused(&mut self, status: StatusCode, detail: String, _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         // The API's own words: `{"error": {"type", "message"}}` says which parameter.
         let message = serde_json::from_str::<serde_json::Value>(&detail)
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
             .unwrap_or(detail);
         let query = self.request().query().unwrap_or_default().to_string();
-        http::http_error(Some(status.as_u16()), format!("the API refused the request ({status}): {message} [parameters: {query}]"), false)
+        Err(http::http_error(Some(status.as_u16()), format!("the API refused the request ({status}): {message} [parameters: {query}]"), false))
     }
 
     fn page(&mut self, body: &[u8], server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
@@ -548,7 +548,7 @@ mod tests {
             let second = START - portal.rng.random_range(0..20);
             portal.load(second);
         }
-        let mut dialect = config(case.per_page).open().unwrap();
+        let mut dialect = config(case.per_page).open(&LocalState::none()).unwrap();
         dialect.restore(None, DateTime::UNIX_EPOCH).unwrap();
         let mut committed: Vec<serde_json::Value> = Vec::new();
         let mut published: HashMap<String, String> = HashMap::new();
@@ -607,7 +607,7 @@ mod tests {
 
     #[test]
     fn a_second_change_within_one_second_is_published_and_a_repeat_is_not() {
-        let mut d = config(10).open().unwrap();
+        let mut d = config(10).open(&LocalState::none()).unwrap();
         d.restore(None, DateTime::UNIX_EPOCH).unwrap();
         let first = d.page(&page_of(&[(7, 1, "2025-01-01 10:00:00")], 1), at("2025-01-01T10:00:30Z")).unwrap();
         assert_eq!(keys(&first), ["7"]);
@@ -628,7 +628,7 @@ mod tests {
         let mut cfg = config(50);
         cfg.timezone = "America/New_York".into();
         cfg.filters.insert("status".into(), "confirmed,shipped".into());
-        let mut d = cfg.open().unwrap();
+        let mut d = cfg.open(&LocalState::none()).unwrap();
         d.restore(None, crate::timestamp::parse("2025-01-01T15:00:00Z").unwrap()).unwrap();
         let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
         assert_eq!(
@@ -645,13 +645,13 @@ mod tests {
 
     #[test]
     fn an_unsorted_page_or_a_missing_date_is_an_error_not_a_guess() {
-        let mut d = config(10).open().unwrap();
+        let mut d = config(10).open(&LocalState::none()).unwrap();
         d.restore(None, DateTime::UNIX_EPOCH).unwrap();
         let e = d.page(&page_of(&[(1, 1, "2025-01-01 10:00:00")], 1), None).unwrap_err();
         assert!(e.to_string().contains("Date header") && !e.is_retriable(), "{e}");
         let e = d.page(&page_of(&[(1, 1, "2025-01-01 10:00:05"), (2, 1, "2025-01-01 10:00:00")], 2), at("2025-01-02T00:00:00Z")).unwrap_err();
         assert!(e.to_string().contains("did not sort by updated_at"), "{e}");
-        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error": {"type": "invalid_parameter", "message": "per_page must be at most 100"}}"#.into());
+        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error": {"type": "invalid_parameter", "message": "per_page must be at most 100"}}"#.into(), None).unwrap_err();
         assert!(e.to_string().contains("per_page must be at most 100") && e.to_string().contains("per_page=10") && !e.is_retriable(), "{e}");
     }
 

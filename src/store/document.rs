@@ -17,6 +17,9 @@ pub enum Json<'a> {
     Bool(&'a str),
     /// Money: `numeric` written as the shortest float (`128.23`, `12.5`), as seed 001 shows.
     Money(&'a str),
+    /// A decimal as a JSON string of its exact `numeric` text (`"112.48"`), as seed 003
+    /// writes decimals; numbers need no escaping.
+    Decimal(&'a str),
     /// Text, escaped.
     Text(&'a str),
     /// A `date`, as `YYYY-MM-DD`.
@@ -35,6 +38,7 @@ impl Json<'_> {
         match self {
             Json::Number(e) | Json::Bool(e) => format!("coalesce(({e})::text, 'null')"),
             Json::Money(e) => format!("coalesce(({e})::float8::text, 'null')"),
+            Json::Decimal(e) => format!(r#"coalesce('"' || ({e})::text || '"', 'null')"#),
             Json::Text(e) => format!("coalesce(to_json(({e})::text)::text, 'null')"),
             Json::Date(e) => format!(r#"coalesce('"' || to_char({e}, 'YYYY-MM-DD') || '"', 'null')"#),
             Json::Timestamp(e) => format!(r#"coalesce('"' || {} || '"', 'null')"#, ts(e)),

@@ -57,6 +57,21 @@ impl TestServer {
         (status, r.json().await.expect("a JSON body"))
     }
 
+    /// Any request with a bearer token (or none): status, whether a `Date` header came,
+    /// and the body's text.
+    pub async fn send(&self, method: reqwest::Method, path_and_query: &str, token: Option<&str>, body: Option<&serde_json::Value>) -> (u16, bool, String) {
+        let mut request = self.http.request(method, format!("{}{path_and_query}", self.base));
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        if let Some(body) = body {
+            request = request.json(body);
+        }
+        let r = request.send().await.unwrap();
+        let dated = r.headers().contains_key(reqwest::header::DATE);
+        (r.status().as_u16(), dated, r.text().await.unwrap())
+    }
+
     /// A whole export run from `since`: every page's data, the pages' count and the
     /// first page's meta.cutoff.
     pub async fn run(&self, since: &str, limit: usize) -> (Vec<serde_json::Value>, usize, String) {
@@ -83,4 +98,18 @@ impl TestServer {
         }
         (orders, pages, cutoff)
     }
+}
+
+/// EXPLAIN ANALYZE of a listing's count and page queries, with their parameters, as the
+/// server runs them: the plans as text.
+pub async fn plans(
+    client: &tokio_postgres::Client,
+    (count_sql, count_params): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+    (page_sql, page_params): (&str, &[&(dyn tokio_postgres::types::ToSql + Sync)]),
+) -> (String, String) {
+    let explain = |sql: &str| format!("EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY ON) {sql}");
+    let text = |rows: Vec<tokio_postgres::Row>| rows.iter().map(|r| r.get::<_, String>(0)).collect::<Vec<_>>().join("\n");
+    let count = text(client.query(&explain(count_sql), count_params).await.unwrap());
+    let page = text(client.query(&explain(page_sql), page_params).await.unwrap());
+    (count, page)
 }
