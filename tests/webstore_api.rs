@@ -21,9 +21,11 @@ fn skewed() -> Clock {
     Clock::Skewed(Duration::seconds(-37))
 }
 
-/// The source's lines for a webstore run by these tests (`extra`: more of them).
+/// The source's lines for a webstore run by these tests (`extra`: more of them). A
+/// settle of 1 s; `settle = "2s"` in `extra` lets the source bound its walks by `endDate`.
 fn lines(size: usize, extra: &str) -> String {
-    format!("size = {size}\nsettle = \"1s\"\n{extra}")
+    let settle = if extra.contains("settle") { "" } else { "settle = \"1s\"\n" };
+    format!("size = {size}\n{settle}{extra}")
 }
 
 /// The client kept to the store's rules on every request: the token in its header, the
@@ -72,7 +74,8 @@ async fn three_hundred_orders_sharing_one_revision_second_arrive_byte_equal_over
 
 /// 600 orders, 300 to a second; before each of the first 60 pages the store creates an
 /// order, updates two and deletes one (a random one, ahead of or behind the walk).
-async fn churning_walk(reconcile: &str) -> (Webstore, Tally) {
+/// `extra`: the source's `reconcile` and `settle` lines.
+async fn churning_walk(extra: &str) -> (Webstore, Tally) {
     const HOOKED_PAGES: u64 = 60;
     let webstore = Webstore::start(skewed()).await;
     webstore.store().fill(600, 300, 300);
@@ -82,11 +85,11 @@ async fn churning_walk(reconcile: &str) -> (Webstore, Tally) {
         }
     }));
     let topic = unique("webstore_churn");
-    let mut p = Pipeline::webstore_api(&topic, &webstore.url, TOKEN, &lines(20, &format!("reconcile = \"{reconcile}\"")));
+    let mut p = Pipeline::webstore_api(&topic, &webstore.url, TOKEN, &lines(20, extra));
     p.batch_size = 20;
     let setup = Setup::new(&p);
     let mut daemon = setup.spawn(&["run"]);
-    let tombstones = reconcile != "off";
+    let tombstones = !extra.contains("reconcile = \"off\"");
     let tally = block_in_place(|| {
         wait_until("the hook's pages", StdDuration::from_secs(120), || webstore.seen().pages >= HOOKED_PAGES);
         webstore.wait_for_topic(&topic, tombstones, StdDuration::from_secs(120))
@@ -106,14 +109,15 @@ async fn churning_walk(reconcile: &str) -> (Webstore, Tally) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn orders_created_updated_and_deleted_at_every_page_of_a_walk_all_arrive_newest_last() {
-    let (webstore, tally) = churning_walk("off").await;
+    // Settle 1 s: no `endDate`, so creations push the walk's pages down too.
+    let (webstore, tally) = churning_walk("reconcile = \"off\"").await;
     assert_eq!(tally.tombstones, 0, "reconcile off: no deletions");
     report("churn at every page, reconcile off", &webstore, &tally);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn with_reconcile_every_published_order_deleted_during_walks_ends_as_a_tombstone() {
-    let (webstore, tally) = churning_walk("2s").await;
+    let (webstore, tally) = churning_walk("reconcile = \"2s\"\nsettle = \"2s\"").await;
     assert!(tally.deleted_keys >= 10, "deleted orders had been published: {tally:?}");
     assert!(tally.tombstones >= tally.deleted_keys, "{tally:?}");
     report("churn at every page, reconcile 2s", &webstore, &tally);
@@ -196,7 +200,7 @@ async fn kill_9_during_churning_walks_loses_nothing_and_deletions_still_become_t
         }
     }));
     let topic = unique("webstore_kill9");
-    let mut p = Pipeline::webstore_api(&topic, &webstore.url, TOKEN, &lines(20, "reconcile = \"2s\""));
+    let mut p = Pipeline::webstore_api(&topic, &webstore.url, TOKEN, &lines(20, "reconcile = \"2s\"\nsettle = \"2s\""));
     p.batch_size = 20;
     let setup = Setup::new(&p);
     let kills = block_in_place(|| kill_9_rounds(&setup, 6, || setup.checkpoint()));
@@ -287,7 +291,7 @@ async fn the_webstore_keeps_to_the_seed_and_its_own_rules() {
     assert_eq!((status, error(&body).as_str()), (401, "unauthorized"));
     let (status, _, body) = get(list("page=0"), Some("nope")).await;
     assert_eq!((status, error(&body).as_str()), (401, "invalid_token"));
-    for (query, status) in [("size=30", 422), ("size=0", 422), ("size=x", 400), ("page=-1", 400), ("since=yesterday", 400)] {
+    for (query, status) in [("size=30", 422), ("size=0", 422), ("size=x", 400), ("page=-1", 400), ("since=yesterday", 400), ("endDate=x", 400)] {
         assert_eq!(get(list(query), Some(TOKEN)).await.0, status, "{query}");
     }
     let uuids = |body: &str| serde_json::from_str::<Vec<serde_json::Value>>(body).unwrap().iter().map(|o| o["uuid"].as_str().unwrap().to_string()).collect::<Vec<_>>();
@@ -303,6 +307,9 @@ async fn the_webstore_keeps_to_the_seed_and_its_own_rules() {
     let since = format!("since={}", newest - 1);
     assert_eq!(uuids(&get(list(&since), Some(TOKEN)).await.2), all[..2]);
     assert_eq!(get(format!("{base}/count.json?{since}"), Some(TOKEN)).await.2, "2", "a bare integer");
+    let until = format!("endDate={}", newest - 1);
+    assert_eq!(uuids(&get(list(&until), Some(TOKEN)).await.2), all[2..], "endDate bounds the creation date, inclusive");
+    assert_eq!(get(format!("{base}/count.json?{until}&startDate={}", newest - 1), Some(TOKEN)).await.2, "2", "startDate too");
     // OFFSET pages over the orders as they are: a creation pushes page 1 down a place,
     // deletions pull it up.
     let page = |n: usize| get(list(&format!("size=20&page={n}")), Some(TOKEN));

@@ -6,8 +6,9 @@
 //! - the collection lists the newest-created order first, and pages are OFFSET slices of
 //!   the orders as they are when each page is asked for, so a creation during a walk
 //!   pushes everything behind it one place down and a deletion pulls it one place up;
-//! - `since` is strict (revision > since), `page` starts at 0, `size` must be 20, 40 or 80
-//!   (anything else is a 422, this service's choice); `count.json` is a bare integer and
+//! - `since` is strict (revision > since), `startDate`/`endDate` bound `date` (creation,
+//!   both inclusive), `page` starts at 0, `size` must be 20, 40 or 80 (anything else is a
+//!   422, this service's choice); `count.json` is a bare integer for the same filters and
 //!   `<uuid>.json` one order, or a 404 once it is deleted;
 //! - the listing is a bare JSON array or, when the test asks, `{"orders": [...]}`;
 //! - it wants `Authorization: Bearer <token>` (401 JSON otherwise) and, when the test asks,
@@ -204,9 +205,10 @@ impl Store {
         self.by_seq.values().map(|o| (o.uuid.clone(), o.document.clone())).collect()
     }
 
-    /// The live orders, newest-created first, with a revision above `since`.
-    fn listing(&self, since: Option<i64>) -> impl Iterator<Item = &Order> {
-        self.by_seq.values().rev().filter(move |o| since.is_none_or(|s| o.revision > s))
+    /// The live orders the filters let through, newest-created first.
+    fn listing(&self, f: &Filters) -> impl Iterator<Item = &Order> {
+        let Filters { since, start, end } = *f;
+        self.by_seq.values().rev().filter(move |o| since.is_none_or(|s| o.revision > s) && start.is_none_or(|s| o.date >= s) && end.is_none_or(|e| o.date <= e))
     }
 }
 
@@ -402,11 +404,19 @@ fn admit(s: &mut Store, headers: &HeaderMap, uri: &Uri, params: &HashMap<String,
     None
 }
 
+/// The listing's and the count's filters.
+#[derive(Clone, Copy)]
+struct Filters {
+    since: Option<i64>,
+    start: Option<i64>,
+    end: Option<i64>,
+}
+
 /// The listing's parameters, validated.
 struct Listing {
     size: usize,
     page: usize,
-    since: Option<i64>,
+    filters: Filters,
 }
 
 fn validate(params: &HashMap<String, String>) -> Result<Listing, (StatusCode, String)> {
@@ -417,7 +427,8 @@ fn validate(params: &HashMap<String, String>) -> Result<Listing, (StatusCode, St
     if !SIZES.contains(&size) {
         return Err((StatusCode::UNPROCESSABLE_ENTITY, "size is limited to 20, 40 or 80.".into()));
     }
-    Ok(Listing { size, page: number(params, "page")?.unwrap_or(0), since: number(params, "since")? })
+    let filters = Filters { since: number(params, "since")?, start: number(params, "startDate")?, end: number(params, "endDate")? };
+    Ok(Listing { size, page: number(params, "page")?.unwrap_or(0), filters })
 }
 
 /// A 400 or 422, noted.
@@ -456,7 +467,7 @@ async fn list(State(store): State<Shared>, Path(handle): Path<String>, headers: 
         s.hook.get_or_insert(hook);
     }
     s.seen.pages += 1;
-    let orders: Vec<&str> = s.listing(listing.since).skip(listing.page * listing.size).take(listing.size).map(|o| o.document.as_str()).collect();
+    let orders: Vec<&str> = s.listing(&listing.filters).skip(listing.page * listing.size).take(listing.size).map(|o| o.document.as_str()).collect();
     let array = format!("[{}]", orders.join(", "));
     let body = match s.shape {
         Shape::Array => array,
@@ -475,12 +486,12 @@ async fn one(State(store): State<Shared>, Path((handle, file)): Path<(String, St
     }
     let Some(name) = file.strip_suffix(".json").filter(|_| handle == STORE) else { return not_found() };
     if name == "count" {
-        let since = match validate(&params) {
-            Ok(listing) => listing.since,
+        let filters = match validate(&params) {
+            Ok(listing) => listing.filters,
             Err(refusal) => return refuse(s, refusal),
         };
         s.seen.counts += 1;
-        let count = s.listing(since).count();
+        let count = s.listing(&filters).count();
         return ok(s, count.to_string());
     }
     s.seen.singles += 1;
