@@ -123,6 +123,32 @@ async fn with_reconcile_every_published_order_deleted_during_walks_ends_as_a_tom
     report("churn at every page, reconcile 2s", &webstore, &tally);
 }
 
+/// A store that writes before every page and never stops: runs still end and the
+/// checkpoint follows the store's clock (no run waits for a quiet store); once the store
+/// stops, every order is there and every published deletion a tombstone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_store_that_never_stops_writing_is_followed_and_loses_nothing() {
+    let webstore = Webstore::start(skewed()).await;
+    webstore.store().fill(600, 300, 300);
+    webstore.store().hook = Some(Box::new(|s: &mut Store, _| s.churn(1, 2, 1)));
+    let topic = unique("webstore_busy");
+    let mut p = Pipeline::webstore_api(&topic, &webstore.url, TOKEN, &lines(20, "reconcile = \"2s\"\nsettle = \"2s\""));
+    p.batch_size = 20;
+    let setup = Setup::new(&p);
+    let mut daemon = setup.spawn(&["run"]);
+    let started = webstore.store().now();
+    // The boundary second of the source's position.
+    let boundary = || setup.checkpoint().and_then(|c| c["position"]["rev"].as_i64());
+    block_in_place(|| wait_until("the checkpoint to pass seconds written during the churn", StdDuration::from_secs(60), || boundary().is_some_and(|rev| rev >= started + 5)));
+    webstore.store().hook = None;
+    let tally = block_in_place(|| webstore.wait_for_topic(&topic, true, StdDuration::from_secs(120)));
+    terminate(&daemon);
+    block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
+    assert!(tally.deleted_keys >= 10, "deleted orders had been published: {tally:?}");
+    assert_manners(&webstore.seen(), 20);
+    report("churn before every page until the checkpoint passed 5 s of it, reconcile 2s", &webstore, &tally);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn too_many_requests_and_unavailable_are_retried_counted_and_lose_nothing() {
     let webstore = Webstore::start(skewed()).await;
