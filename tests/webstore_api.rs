@@ -98,8 +98,9 @@ async fn churning_walk(extra: &str) -> (Webstore, Tally) {
     let status = block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     assert!(status.success(), "{}", setup.log());
     // Read again after the stop: nothing came after that undoes the match.
+    let events = block_in_place(|| read_topic(&topic));
     let s = webstore.store();
-    let tally = check_topic(&block_in_place(|| read_topic(&topic)), &s.documents(), &s.deleted, tombstones).unwrap_or_else(|problem| panic!("{problem} (matched before: {tally:?})"));
+    let tally = check_topic(&events, &s.documents(), &s.deleted, tombstones).unwrap_or_else(|problem| panic!("{problem} (matched before: {tally:?})"));
     assert_eq!((s.len(), s.deleted.len()), (600, HOOKED_PAGES as usize), "as many created as deleted");
     assert!(s.documents().values().filter(|d| !d.contains("\"version 1\\n")).count() >= 60, "orders updated during walks");
     drop(s);
