@@ -12,13 +12,15 @@
 //! * A pass lists `since=R-1` page by page and publishes the orders of `S` it has not
 //!   published yet, by the content hash of their bytes (an order can change twice within
 //!   a second, so (uuid, revision) would drop a version). Orders past `T` are the next
-//!   run's.
+//!   run's. With `endDate=T+1` (when `settle` keeps it in the past), an order created
+//!   during the walk is not listed and cannot move the pages.
 //! * Offset pages move under a reader, so a pass may skip an order. A pass is trusted
-//!   when nothing can have moved: `count.json?since=R-1` was the same before and after it,
-//!   `count.json?since=T` is 0 (no write since `T` survives), no order was listed twice,
-//!   and it listed as many orders as were counted. Otherwise the run makes another pass,
-//!   and ends after a pass that found no member of `S` the earlier passes had missed; a
-//!   skipped order is missed again only if a move hits it again in the same place.
+//!   when nothing can have moved: it was one page shorter than `size` (one reply, one
+//!   moment), or both counts (`since=R-1`, `since=T`) were the same before and after it,
+//!   no order was listed twice, and it listed as many orders as were counted. Otherwise
+//!   the run makes more passes, and ends after three in a row that found no member of
+//!   `S` the earlier passes had missed: a skipped order is missed again only if another
+//!   move hits it again at a page boundary.
 //! * The run then moves `R` to the newest revision it published, remembering the hashes
 //!   published there: a write that commits late into that second is still found.
 //!
@@ -52,7 +54,7 @@ const MAX_SEEN_IN_POSITION: usize = 20_000;
 const MAX_PASSES: u32 = 8;
 /// Passes in a row that found no order the earlier ones missed, after which a run that
 /// could not count all of `S` as listed ends.
-const QUIET_PASSES: u32 = 2;
+const QUIET_PASSES: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Position {
@@ -174,10 +176,9 @@ struct Run {
     /// `count.json?since=T` and `since=R-1` before this pass, and after it.
     before: (u64, u64),
     after: (u64, u64),
-    /// Rows this pass listed, its widest page, and the previous pass's widest.
+    /// Rows this pass listed, and its widest page.
     rows: u64,
     widest: u64,
-    page_rows: u64,
     /// The uuids this pass listed (hashed), and whether one came twice.
     listed: HashSet<u64>,
     repeated: bool,
@@ -201,19 +202,6 @@ impl Run {
     /// counts and in what was listed would go unseen; one alone would not.
     fn still(&self) -> bool {
         self.before == self.after && !self.repeated && self.listed.len() as u64 == self.before.1
-    }
-
-    /// Odd passes read forwards, even ones backwards from past the last page. A creation
-    /// ahead of a forward reader pushes orders onto pages still to come and a deletion
-    /// pulls one onto a page already read; backwards it is the other way round. So an
-    /// order one pass skips is skipped by the next only if the other kind of move hits it.
-    fn first_page(&self) -> u32 {
-        if self.pass % 2 == 1 {
-            0
-        } else {
-            let per_page = self.page_rows.max(1);
-            (self.before.1 / per_page + 1).try_into().unwrap_or(u32::MAX)
-        }
     }
 }
 
@@ -451,7 +439,6 @@ impl WebstoreApi {
                 after: (0, 0),
                 rows: 0,
                 widest: 0,
-                page_rows: size,
                 listed: HashSet::new(),
                 repeated: false,
                 members: HashMap::new(),
@@ -486,14 +473,13 @@ impl WebstoreApi {
                     run.pass += 1;
                     run.paged = false;
                     run.new_member = false;
-                    run.page_rows = run.widest.max(1);
                     run.rows = 0;
                     run.widest = 0;
                     run.listed.clear();
                     run.repeated = false;
                 }
                 run.before = run.after;
-                run.step = Step::Page(run.first_page());
+                run.step = Step::Page(0);
             }
             Step::Page(page) => {
                 let raws = orders(body)?;
@@ -524,19 +510,15 @@ impl WebstoreApi {
                     }
                 }
                 run.rows += rows;
-                let over = if run.pass % 2 == 1 { pass_over(rows, size, run.widest, run.rows, run.before.1) } else { page == 0 };
+                let over = pass_over(rows, size, run.widest, run.rows, run.before.1);
                 // One page that held the whole listing is a snapshot of one moment: every
                 // order of `S` then was in it. Only a store that has been seen to fill pages
                 // of `size` is trusted not to have cut that page short.
                 self.fills_pages |= rows == size;
-                run.snapshot = over && page == 0 && run.pass % 2 == 1 && rows < size && self.fills_pages;
+                run.snapshot = over && page == 0 && rows < size && self.fills_pages;
                 run.widest = run.widest.max(rows);
                 run.paged = over;
-                run.step = match (over, run.pass % 2) {
-                    (true, _) => Step::CountNewer,
-                    (false, 1) => Step::Page(page + 1),
-                    (false, _) => Step::Page(page - 1),
-                };
+                run.step = if over { Step::CountNewer } else { Step::Page(page + 1) };
             }
         }
         let watermark = records.iter().filter(|r| !matches!(r.body, RecordBody::Bad { .. })).map(|r| r.updated_at).max();
@@ -742,6 +724,8 @@ mod tests {
         next_id: u64,
         /// Rows per page the store hands out at most, whatever is asked.
         cap: usize,
+        /// A store may not know `endDate`.
+        ignores_end_date: bool,
     }
 
     fn uuid(id: u64) -> String {
@@ -797,7 +781,7 @@ mod tests {
             let date = DateTime::from_timestamp(self.now, 0).unwrap();
             let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
             let since = q.get("since").map_or(i64::MIN, |s| s.parse().unwrap());
-            let end = q.get("endDate").map_or(i64::MAX, |s| s.parse().unwrap());
+            let end = q.get("endDate").filter(|_| !self.ignores_end_date).map_or(i64::MAX, |s| s.parse().unwrap());
             let mut rows: Vec<(u64, Order)> = self.orders.iter().filter(|(_, o)| o.rev > since && o.date <= end).map(|(id, o)| (*id, *o)).collect();
             rows.sort_by_key(|(_, o)| std::cmp::Reverse(o.created));
             let path = url.path();
@@ -825,11 +809,12 @@ mod tests {
         churning_requests: usize,
         crash_percent: u32,
         reconcile: bool,
+        ignores_end_date: bool,
     }
 
     fn cases() -> impl Strategy<Value = Case> {
-        (any::<u64>(), prop::sample::select(SIZES.to_vec()), 5usize..100, 0usize..60, 0usize..200, 0usize..150, 0u32..15, any::<bool>()).prop_map(
-            |(seed, size, cap, initial, bulk, churning_requests, crash_percent, reconcile)| Case {
+        (any::<u64>(), prop::sample::select(SIZES.to_vec()), 5usize..100, 0usize..60, 0usize..200, 0usize..150, 0u32..15, any::<bool>(), any::<bool>()).prop_map(
+            |(seed, size, cap, initial, bulk, churning_requests, crash_percent, reconcile, ignores_end_date)| Case {
                 seed,
                 size,
                 cap,
@@ -838,6 +823,7 @@ mod tests {
                 churning_requests,
                 crash_percent,
                 reconcile,
+                ignores_end_date,
             },
         )
     }
@@ -846,7 +832,7 @@ mod tests {
     type Published = HashMap<String, Option<String>>;
 
     fn check(case: &Case) -> Result<(), TestCaseError> {
-        let mut store = Store { rng: StdRng::seed_from_u64(case.seed), now: START, orders: BTreeMap::new(), deleted: Vec::new(), next_id: 0, cap: case.cap };
+        let mut store = Store { rng: StdRng::seed_from_u64(case.seed), now: START, orders: BTreeMap::new(), deleted: Vec::new(), next_id: 0, cap: case.cap, ignores_end_date: case.ignores_end_date };
         for _ in 0..case.bulk {
             store.create(START - 10);
         }
@@ -923,6 +909,56 @@ mod tests {
             }
         }
         Ok(())
+    }
+
+    #[test]
+    fn listings_and_counts_in_the_shapes_stores_write_them() {
+        let keys = |body: &str| orders(body.as_bytes()).map(|o| o.iter().map(|r| r.get().to_string()).collect::<Vec<_>>());
+        assert_eq!(keys(r#"[{"uuid":"a"},{"uuid":"b"}]"#).unwrap(), [r#"{"uuid":"a"}"#, r#"{"uuid":"b"}"#]);
+        assert_eq!(keys(r#"{"orders": [{"uuid":"a"}], "page": 0}"#).unwrap(), [r#"{"uuid":"a"}"#]);
+        assert!(keys(r#"{"orders": [], "customers": []}"#).is_err_and(|e| e.is_retriable()), "two arrays: which is it?");
+        assert!(keys(r#"[{"uuid":"a"}"#).is_err_and(|e| e.is_retriable()), "a page cut short is retried");
+        for body in ["42", "\"42\"", r#"{"count": 42}"#, " 42\n"] {
+            assert_eq!(count(body.as_bytes()).unwrap(), 42, "{body}");
+        }
+        assert!(count(b"[42]").is_err());
+        assert_eq!(revision(&serde_json::json!(1253783394)), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!("1253783394")), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!(1253783394.9)), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!("2009-09-24T09:09:54Z")), Some(1253783394));
+        assert_eq!(revision(&serde_json::json!(null)), None);
+    }
+
+    #[test]
+    fn bad_values_name_their_key() {
+        let key = |edit: fn(&mut WebstoreApiSourceConfig)| {
+            let mut cfg = config(80, false);
+            edit(&mut cfg);
+            cfg.validate().map(|_| "").unwrap_or_else(|e| e.key)
+        };
+        assert_eq!(key(|_| {}), "");
+        assert_eq!(key(|c| c.size = 30), "source.size");
+        assert_eq!(key(|c| c.url = "http://store.test/acme/api/v2/sales/orders".into()), "source.url");
+        assert_eq!(key(|c| _ = c.headers.insert("Bad Name".into(), crate::secret::Secret::new("x"))), "source.headers");
+        assert_eq!(key(|c| _ = c.headers.insert("X-Token".into(), crate::secret::Secret::new("a\nb"))), "source.headers");
+    }
+
+    #[test]
+    fn requests_read_the_boundary_again_and_keep_new_orders_off_the_pages() {
+        let mut d = config(40, false).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::from_timestamp(1_750_000_000, 0).unwrap()).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders/count.json?since=1749999999");
+        let date = DateTime::from_timestamp(1_750_000_100, 0);
+        d.page(b"3", date).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders/count.json?since=1750000098&endDate=1750000099");
+        d.page(b"0", date).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders/count.json?since=1749999999&endDate=1750000099");
+        d.page(b"3", date).unwrap();
+        assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders.json?size=40&page=0&since=1749999999&endDate=1750000099");
+        let e = d.page(b"3", None);
+        assert!(e.is_err(), "a listing that is a bare integer is malformed");
+        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error":"size"}"#.into(), date).unwrap_err();
+        assert!(!e.is_retriable() && e.to_string().contains("size=40"), "{e}");
     }
 
     proptest! {
