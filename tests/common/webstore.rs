@@ -21,7 +21,7 @@
 //! so byte equality on the topic means the source passed them through untouched.
 //! It records what it was asked and how, so tests can check the client's manners.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration as StdDuration, Instant};
 
@@ -302,14 +302,10 @@ pub struct Tally {
     /// Keys of deleted orders that were published, and their tombstones.
     pub deleted_keys: usize,
     pub tombstones: usize,
-}
-
-impl Tally {
-    /// Versions beyond one per live order and one per published deleted order (tombstones
-    /// not counted).
-    pub fn duplicates(&self, live: usize) -> usize {
-        self.events - self.tombstones - live - self.deleted_keys
-    }
+    /// Versions beyond the first of each key (tombstones not counted).
+    pub duplicates: usize,
+    /// Keys whose only events are tombstones: deletions of orders never published.
+    pub bare_tombstones: usize,
 }
 
 fn is_tombstone(e: &Event) -> bool {
@@ -354,7 +350,14 @@ pub fn check_topic(events: &[Event], live: &HashMap<String, String>, deleted: &B
     if !tombstones && tombstones_seen > 0 {
         return Err(format!("{tombstones_seen} tombstones with reconcile off"));
     }
-    Ok(Tally { events: events.len(), deleted_keys: deleted_keys.len(), tombstones: tombstones_seen })
+    let versioned: HashSet<&str> = events.iter().filter(|e| !is_tombstone(e)).map(|e| e.key.as_str()).collect();
+    Ok(Tally {
+        events: events.len(),
+        deleted_keys: deleted_keys.len(),
+        tombstones: tombstones_seen,
+        duplicates: events.len() - tombstones_seen - versioned.len(),
+        bare_tombstones: latest.keys().filter(|k| !versioned.contains(k.as_str())).count(),
+    })
 }
 
 impl<'a> Pipeline<'a> {
