@@ -239,39 +239,9 @@ async fn a_wrong_key_stops_the_pipeline_unready_publishes_nothing_and_never_show
     let mut p = Pipeline::orders_api(&topic, &portal.url, WRONG, &source(""));
     p.metrics_port = free_port();
     // A second pipeline with the right key keeps the daemon (and /health/ready) up.
-    p.extra = format!(
-        "[pipelines.other]\ntopic = \"{other_topic}\"\npoll_interval = \"200ms\"\n[pipelines.other.source]\nkind = \"orders_api\"\nurl = \"{}\"\napi_key = \"{API_KEY}\"\n{}",
-        portal.url,
-        source("")
-    );
+    p.extra = other_pipeline(&other_topic, &format!("kind = \"orders_api\"\nurl = \"{}\"\napi_key = \"{API_KEY}\"\n{}", portal.url, source("")));
     let setup = Setup::new(&p);
-    let log = std::fs::File::create(setup.log_path()).unwrap();
-    let mut daemon = setup
-        .command(&["run"])
-        .env("RUST_LOG", "debug")
-        .stdout(log.try_clone().unwrap())
-        .stderr(log)
-        .spawn()
-        .expect("spawn order-cdc");
-    let port = p.metrics_port;
-    block_in_place(|| {
-        wait_until("the pipeline to fail", StdDuration::from_secs(30), || {
-            http_get(port, "/health/ready").is_some_and(|(status, body)| status == 503 && body.contains("failed"))
-        });
-        wait_until("the other pipeline to deliver", StdDuration::from_secs(60), || latest_by_key(&read_topic(&other_topic)).len() == 100);
-    });
-    assert!(daemon.try_wait().unwrap().is_none(), "the daemon goes on with the other pipeline");
-    let (_, ready) = http_get(port, "/health/ready").unwrap();
-    assert!(ready.contains("api_key"), "{ready}");
-    let (_, metrics) = http_get(port, "/metrics").unwrap();
-    daemon.kill().unwrap();
-    daemon.wait().unwrap();
-    let out = block_in_place(|| run_with_deadline(setup.command(&["run", "--once", "--pipeline", "p"]), StdDuration::from_secs(60)));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("error: pipeline p:") && stderr.contains("api_key"), "{stderr}");
-    let log = setup.log();
-    for (what, text) in [("/health/ready", ready.as_str()), ("/metrics", &metrics), ("the daemon's output", &log), ("run --once's stderr", &stderr), ("run --once's stdout", &String::from_utf8_lossy(&out.stdout))] {
+    for (what, text) in block_in_place(|| refused_credential(&setup, p.metrics_port, &other_topic, 100, "api_key")) {
         assert!(!text.contains(WRONG), "the key shows in {what}: {text}");
     }
     assert!(block_in_place(|| read_topic(&topic)).is_empty(), "nothing published");
@@ -286,15 +256,7 @@ async fn a_wrong_key_stops_the_pipeline_unready_publishes_nothing_and_never_show
 fn a_bad_per_page_or_timezone_is_a_configuration_error_naming_the_key() {
     for (line, key) in [("per_page = 0", "per_page"), ("per_page = 251", "per_page"), ("timezone = \"Mars/Olympus\"", "timezone")] {
         let topic = unique("portal_config");
-        let p = Pipeline::orders_api(&topic, "http://127.0.0.1:1/api/orders/", API_KEY, line);
-        let setup = Setup::new(&p);
-        let out = run_with_deadline(setup.command(&["run", "--once"]), StdDuration::from_secs(60));
-        let stderr = String::from_utf8_lossy(&out.stderr);
-        assert_eq!(out.status.code(), Some(1), "{line}: {stderr}");
-        let lines: Vec<&str> = stderr.trim().lines().collect();
-        assert_eq!(lines.len(), 1, "{line}: one line, got {stderr}");
-        assert!(lines[0].starts_with("error: ") && lines[0].contains(key) && lines[0].contains("pipelines.p.source"), "{line}: {stderr}");
-        assert!(!stderr.contains(API_KEY) && !stderr.contains("panicked"), "{stderr}");
+        assert_config_error(&Pipeline::orders_api(&topic, "http://127.0.0.1:1/api/orders/", API_KEY, line), key, API_KEY);
     }
 }
 

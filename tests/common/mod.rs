@@ -486,10 +486,12 @@ pub fn http_get(port: u16, path: &str) -> Option<(u16, String)> {
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Some((status, body))
 }
+pub mod double;
 pub mod portal;
 pub mod private;
 pub mod proxy;
 pub mod server;
+pub mod webstore;
 
 /// Waits until the database clock has moved far enough past the newest order change that
 /// a fresh cutoff (held 100 ms below the clock) covers it.
@@ -506,4 +508,60 @@ pub async fn wait_for_cutoff_past_writes(client: &Client) {
         assert!(Instant::now() < end, "the database clock did not pass the last write");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+}
+
+/// `[pipelines.other]` with this source body, polling often: the pipeline that keeps a
+/// daemon (and /health/ready) up while pipeline `p` fails.
+pub fn other_pipeline(topic: &str, source: &str) -> String {
+    format!("[pipelines.other]\ntopic = \"{topic}\"\npoll_interval = \"200ms\"\n[pipelines.other.source]\n{source}")
+}
+
+/// Pipeline `p` of `setup`, whose API refuses its credential, beside an `other_pipeline`
+/// that works: the daemon (at debug, stdout and stderr in its log) marks `p` failed in
+/// /health/ready naming `key`, while `other` delivers `other_orders` keys to `other_topic`
+/// and the daemon goes on; then `run --once --pipeline p` exits 1 with an error naming
+/// `key`. Returns every text the credential could leak into, by where it was read.
+pub fn refused_credential(setup: &Setup, metrics_port: u16, other_topic: &str, other_orders: usize, key: &str) -> Vec<(&'static str, String)> {
+    let log = std::fs::File::create(setup.log_path()).unwrap();
+    let mut daemon = setup
+        .command(&["run"])
+        .env("RUST_LOG", "debug")
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
+        .spawn()
+        .expect("spawn order-cdc");
+    wait_until("the pipeline to fail", Duration::from_secs(30), || {
+        http_get(metrics_port, "/health/ready").is_some_and(|(status, body)| status == 503 && body.contains("failed"))
+    });
+    wait_until("the other pipeline to deliver", Duration::from_secs(60), || latest_by_key(&read_topic(other_topic)).len() == other_orders);
+    assert!(daemon.try_wait().unwrap().is_none(), "the daemon goes on with the other pipeline");
+    let (_, ready) = http_get(metrics_port, "/health/ready").unwrap();
+    assert!(ready.contains(key), "{ready}");
+    let (_, metrics) = http_get(metrics_port, "/metrics").unwrap();
+    daemon.kill().unwrap();
+    daemon.wait().unwrap();
+    let out = run_with_deadline(setup.command(&["run", "--once", "--pipeline", "p"]), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("error: pipeline p:") && stderr.contains(key), "{stderr}");
+    vec![
+        ("/health/ready", ready),
+        ("/metrics", metrics),
+        ("the daemon's output", setup.log()),
+        ("run --once's stderr", stderr),
+        ("run --once's stdout", String::from_utf8_lossy(&out.stdout).into_owned()),
+    ]
+}
+
+/// `run --once` of pipeline `p` with a bad source value: one line naming `key` under
+/// `pipelines.p.source`, exit code 1, neither a panic nor `secret`.
+pub fn assert_config_error(p: &Pipeline, key: &str, secret: &str) {
+    let setup = Setup::new(p);
+    let out = run_with_deadline(setup.command(&["run", "--once"]), Duration::from_secs(60));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{key}: {stderr}");
+    let lines: Vec<&str> = stderr.trim().lines().collect();
+    assert_eq!(lines.len(), 1, "{key}: one line, got {stderr}");
+    assert!(lines[0].starts_with("error: ") && lines[0].contains(key) && lines[0].contains("pipelines.p.source"), "{key}: {stderr}");
+    assert!(!stderr.contains(secret) && !stderr.contains("panicked"), "{stderr}");
 }

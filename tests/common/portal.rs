@@ -16,7 +16,7 @@
 //!
 //! It records what it was asked and how, so tests can check the client's manners.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
@@ -25,8 +25,10 @@ use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use chrono::{DateTime, Duration, FixedOffset, NaiveDate, NaiveDateTime, Timelike, Utc};
+use chrono::{DateTime, FixedOffset, NaiveDate, NaiveDateTime, Utc};
 
+pub use super::double::Clock;
+use super::double::{error, http_date, Throttle};
 use super::Pipeline;
 
 pub const API_KEY: &str = "portal-key-5f0c2d9e8a7b41c3";
@@ -55,13 +57,6 @@ fn stamp(t: NaiveDateTime) -> String {
     t.format("%Y-%m-%dT%H:%M:%S").to_string()
 }
 
-pub enum Clock {
-    /// Ours, off by this much.
-    Skewed(Duration),
-    /// Stands still until the test moves it.
-    Frozen(DateTime<Utc>),
-}
-
 /// One order as the portal's database holds it.
 #[derive(Clone)]
 pub struct Order {
@@ -87,6 +82,7 @@ pub struct Seen {
     pub pages: u64,
     pub unauthorized: u64,
     pub key_in_query: u64,
+    /// How the client took the 429s (`Portal::seen` fills these from the throttle).
     pub throttled: u64,
     /// Throttled requests asked again, and those asked again before their `Retry-After`.
     pub retried: u64,
@@ -101,25 +97,19 @@ pub struct Orders {
     pub by_id: BTreeMap<u64, Order>,
     pub clock: Clock,
     pub hook: Option<Hook>,
-    /// `Retry-After` seconds for the next requests to be refused with 429.
-    pub throttle: VecDeque<u64>,
+    /// 429s for the next requests (`push_back(retry_after_seconds)`).
+    pub throttle: Throttle,
     pub seen: Seen,
-    /// Throttled queries: when they were refused, and the `Retry-After` they were given.
-    retry_at: HashMap<String, (Instant, std::time::Duration)>,
 }
 
 impl Orders {
     fn new(clock: Clock) -> Self {
-        Self { by_id: BTreeMap::new(), clock, hook: None, throttle: VecDeque::new(), seen: Seen::default(), retry_at: HashMap::new() }
+        Self { by_id: BTreeMap::new(), clock, hook: None, throttle: Throttle::default(), seen: Seen::default() }
     }
 
     /// The portal's clock, in whole seconds (its database keeps no more).
     pub fn now(&self) -> DateTime<Utc> {
-        let t = match self.clock {
-            Clock::Skewed(skew) => Utc::now() + skew,
-            Clock::Frozen(t) => t,
-        };
-        t.with_nanosecond(0).unwrap()
+        self.clock.now()
     }
 
     /// Creates (or overwrites) an order updated at `updated`, in the portal's wall clock.
@@ -214,8 +204,11 @@ impl Portal {
         self.orders.lock().unwrap()
     }
 
+    /// What the portal saw, with how the client took its 429s.
     pub fn seen(&self) -> Seen {
-        self.orders().seen.clone()
+        let o = self.orders();
+        let t = &o.throttle.stats;
+        Seen { throttled: t.throttled, retried: t.retried, early_retries: t.early_retries, shortest_wait_ms: t.shortest_wait_ms, ..o.seen.clone() }
     }
 }
 
@@ -226,11 +219,6 @@ impl<'a> Pipeline<'a> {
         p.source = Some(format!("kind = \"orders_api\"\nurl = \"{url}\"\napi_key = \"{api_key}\"\n{extra}"));
         p
     }
-}
-
-fn error(status: StatusCode, kind: &str, message: &str) -> Response {
-    let body = serde_json::json!({ "error": { "type": kind, "message": message } });
-    (status, [("content-type", "application/json")], body.to_string()).into_response()
 }
 
 /// A `date_from`/`date_to` value: a datetime with a space or a `T`, or a bare date, which
@@ -332,11 +320,6 @@ fn validate(q: &HashMap<String, String>) -> Result<Page, (StatusCode, &'static s
     Ok(Page { column, from, to, statuses, include, sort, page, per_page })
 }
 
-/// The HTTP date of an instant (RFC 9110 IMF-fixdate).
-fn http_date(t: DateTime<Utc>) -> String {
-    t.format("%a, %d %b %Y %H:%M:%S GMT").to_string()
-}
-
 async fn list(State(orders): State<Shared>, headers: HeaderMap, RawQuery(raw): RawQuery) -> Response {
     let raw = raw.unwrap_or_default();
     let params = url::form_urlencoded::parse(raw.as_bytes()).into_owned().collect();
@@ -362,21 +345,8 @@ fn answer(o: &mut Orders, headers: &HeaderMap, request: Request) -> Response {
         }
         Some(_) => {}
     }
-    if let Some((throttled_at, retry_after)) = o.retry_at.remove(&request.raw) {
-        let waited = throttled_at.elapsed();
-        o.seen.retried += 1;
-        if waited < retry_after {
-            o.seen.early_retries += 1;
-        }
-        let shortest = o.seen.shortest_wait_ms.get_or_insert(waited.as_millis());
-        *shortest = (*shortest).min(waited.as_millis());
-    }
-    if let Some(seconds) = o.throttle.pop_front() {
-        o.seen.throttled += 1;
-        o.retry_at.insert(request.raw, (Instant::now(), std::time::Duration::from_secs(seconds)));
-        let mut response = error(StatusCode::TOO_MANY_REQUESTS, "rate_limited", "Too many requests.");
-        response.headers_mut().insert("retry-after", seconds.to_string().parse().unwrap());
-        return response;
+    if let Some(refused) = o.throttle.check(&request.raw) {
+        return refused;
     }
     let page = match validate(&request.params) {
         Ok(page) => page,
