@@ -425,7 +425,8 @@ mod reconcile_period {
         }
         match humantime_serde::re::humantime::parse_duration(text.trim()) {
             Ok(period) if !period.is_zero() => Ok(Some(period)),
-            _ => Err(serde::de::Error::custom(format!("{text:?} is neither \"off\" nor a period such as \"1h\""))),
+            // serde names only the enclosing table (the source), so the key says itself.
+            _ => Err(serde::de::Error::custom(format!("reconcile = {text:?} is neither \"off\" nor a period such as \"1h\""))),
         }
     }
 }

@@ -122,6 +122,7 @@ async fn with_reconcile_every_published_order_deleted_during_walks_ends_as_a_tom
     let (webstore, tally) = churning_walk("reconcile = \"2s\"\nsettle = \"2s\"").await;
     assert!(tally.deleted_keys >= 10, "deleted orders had been published: {tally:?}");
     assert!(tally.tombstones >= tally.deleted_keys, "{tally:?}");
+    assert_eq!(tally.bare_tombstones, 0, "a tombstone only for an order that was published: {tally:?}");
     report("churn at every page, reconcile 2s", &webstore, &tally);
 }
 
@@ -147,6 +148,7 @@ async fn a_store_that_never_stops_writing_is_followed_and_loses_nothing() {
     terminate(&daemon);
     block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     assert!(tally.deleted_keys >= 10, "deleted orders had been published: {tally:?}");
+    assert_eq!(tally.bare_tombstones, 0, "a tombstone only for an order that was published: {tally:?}");
     assert_manners(&webstore.seen(), 20);
     report("churn before every page until the checkpoint passed 5 s of it, reconcile 2s", &webstore, &tally);
 }
@@ -240,6 +242,7 @@ async fn kill_9_during_churning_walks_loses_nothing_and_deletions_still_become_t
     terminate(&daemon);
     block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     assert!(tally.deleted_keys >= 10, "deleted orders had been published: {tally:?}");
+    assert_eq!(tally.bare_tombstones, 0, "a tombstone only for an order that was published: {tally:?}");
     assert_manners(&webstore.seen(), 20);
     report(&format!("kill -9 x{kills} during churn, reconcile 2s"), &webstore, &tally);
 }

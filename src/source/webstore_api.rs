@@ -601,17 +601,14 @@ impl WebstoreApi {
     }
 
     /// Tombstones for the orders confirmed gone, with the next generation of the set
-    /// (the present ones kept, the gone ones out) named in the same batch's position.
+    /// (without them) named in the same batch's position.
     fn end_reconcile(&mut self) -> Result<Batch, SourceError> {
         let r = self.reconcile.as_mut().expect("reconciling");
-        let FullListing { present, gone, .. } = r.listing.take().expect("a listing is under way");
-        let setup = |e: super::published::SetError| SourceError::Setup(e.to_string());
-        if gone.is_empty() {
-            r.set.extend(present.iter().map(|id| &**id)).map_err(setup)?;
-        } else {
+        let FullListing { gone, .. } = r.listing.take().expect("a listing is under way");
+        if !gone.is_empty() {
             let gone_ids: HashSet<&str> = gone.iter().map(|(id, _)| &**id).collect();
-            let next = r.set.ids().map(Box::from).chain(present).filter(|id: &Box<str>| !gone_ids.contains(&**id)).collect();
-            r.set.replace(next).map_err(setup)?;
+            let next = r.set.ids().filter(|id| !gone_ids.contains(id)).map(Box::from).collect();
+            r.set.replace(next).map_err(|e| SourceError::Setup(e.to_string()))?;
         }
         r.last = Utc::now();
         tracing::info!(deleted = gone.len(), orders = r.set.len(), "reconciled");
