@@ -38,6 +38,15 @@ fn assert_manners(seen: &Seen, size: usize) {
     }
 }
 
+/// Waits until the running daemon has brought the topic in line with the store (deletions
+/// as tombstones), then stops it with SIGTERM.
+fn drained(setup: &Setup, mut daemon: std::process::Child, webstore: &Webstore, topic: &str) -> Tally {
+    let tally = block_in_place(|| webstore.wait_for_topic(topic, true, StdDuration::from_secs(120)));
+    terminate(&daemon);
+    block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
+    tally
+}
+
 /// What one test's walk left: the topic's tally against the store, and the store's counts.
 fn report(what: &str, webstore: &Webstore, tally: &Tally) {
     let s = webstore.store();
@@ -138,15 +147,13 @@ async fn a_store_that_never_stops_writing_is_followed_and_loses_nothing() {
     let mut p = Pipeline::webstore_api(&topic, &webstore.url, TOKEN, &lines(20, "reconcile = \"2s\"\nsettle = \"2s\""));
     p.batch_size = 20;
     let setup = Setup::new(&p);
-    let mut daemon = setup.spawn(&["run"]);
+    let daemon = setup.spawn(&["run"]);
     let started = webstore.store().now();
     // The boundary second of the source's position.
     let boundary = || setup.checkpoint().and_then(|c| c["position"]["rev"].as_i64());
     block_in_place(|| wait_until("the checkpoint to pass seconds written during the churn", StdDuration::from_secs(60), || boundary().is_some_and(|rev| rev >= started + 5)));
     webstore.store().hook = None;
-    let tally = block_in_place(|| webstore.wait_for_topic(&topic, true, StdDuration::from_secs(120)));
-    terminate(&daemon);
-    block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
+    let tally = drained(&setup, daemon, &webstore, &topic);
     assert!(tally.deleted_keys >= 10, "deleted orders had been published: {tally:?}");
     assert_eq!(tally.bare_tombstones, 0, "a tombstone only for an order that was published: {tally:?}");
     assert_manners(&webstore.seen(), 20);
@@ -237,12 +244,10 @@ async fn kill_9_during_churning_walks_loses_nothing_and_deletions_still_become_t
     assert!(kills >= 3, "killed mid-run only {kills} times");
     // The store goes quiet; a daemon brings what is left, deletions included.
     webstore.store().hook = None;
-    let mut daemon = setup.spawn(&["run"]);
-    let tally = block_in_place(|| webstore.wait_for_topic(&topic, true, StdDuration::from_secs(120)));
-    terminate(&daemon);
-    block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
+    let tally = drained(&setup, setup.spawn(&["run"]), &webstore, &topic);
+    // A kill after a uuid joined the published set and before its batch reached Kafka
+    // may leave a tombstone for an order never published: harmless, so not asserted.
     assert!(tally.deleted_keys >= 10, "deleted orders had been published: {tally:?}");
-    assert_eq!(tally.bare_tombstones, 0, "a tombstone only for an order that was published: {tally:?}");
     assert_manners(&webstore.seen(), 20);
     report(&format!("kill -9 x{kills} during churn, reconcile 2s"), &webstore, &tally);
 }
