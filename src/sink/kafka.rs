@@ -69,14 +69,23 @@ struct Pending {
 async fn acknowledge(pending: Vec<Pending>) -> Result<Delivered, SinkError> {
     let mut delivered = Delivered::default();
     for p in pending {
-        match p.delivery.await {
-            Ok(Ok(_)) if p.dead_letter => delivered.dead_lettered += 1,
-            Ok(Ok(_)) => delivered.events += 1,
-            Ok(Err((e, _))) => return Err(SinkError::Delivery(e.to_string())),
-            Err(_) => return Err(SinkError::Canceled),
+        acknowledged(p.delivery).await?;
+        if p.dead_letter {
+            delivered.dead_lettered += 1;
+        } else {
+            delivered.events += 1;
         }
     }
     Ok(delivered)
+}
+
+/// Waits for the broker's acknowledgement of one message.
+async fn acknowledged(delivery: DeliveryFuture) -> Result<(), SinkError> {
+    match delivery.await {
+        Ok(Ok(_)) => Ok(()),
+        Ok(Err((e, _))) => Err(SinkError::Delivery(e.to_string())),
+        Err(_) => Err(SinkError::Canceled),
+    }
 }
 
 /// `exactly_once`: the producer's `transactional.id`, and the compacted topic its
@@ -257,11 +266,16 @@ impl TransactionalSink for Publisher {
 
     /// The checkpoint joins the transaction as a record of the Kafka checkpoint store;
     /// `commit_transaction` flushes, so it fails if any message in it was not acknowledged.
+    ///
+    /// The checkpoint record's acknowledgement is awaited first: rust-rdkafka's flush,
+    /// finding anything still outstanding, polls for a fixed 100 ms before it looks again,
+    /// which was the whole cost of a commit here (101 ms with one message outstanding,
+    /// 13 to 19 ms with none, in a minimal program against the local broker).
     async fn commit(&self, cp: &Checkpoint) -> Result<(), SinkError> {
         let topic = &self.transactional()?.checkpoint_topic;
         let value = KafkaStore::value(cp);
         let event = Event { key: &cp.pipeline, value: Some(Cow::Borrowed(&value)), headers: OwnedHeaders::new() };
-        self.enqueue(topic, event).await.map_err(kafka_error(SinkError::Send))?;
+        acknowledged(self.enqueue(topic, event).await.map_err(kafka_error(SinkError::Send))?).await?;
         let producer = self.producer.clone();
         blocking(move || producer.commit_transaction(TRANSACTION_TIMEOUT)).await.map_err(kafka_error(SinkError::Transaction))
     }
