@@ -210,6 +210,48 @@ async fn refused_cursors_say_why() {
     db.drop_db().await;
 }
 
+/// Dates PostgreSQL cannot hold (4714 BC and before) or RFC 3339 cannot print (after 9999)
+/// are 400s naming since, not 503s; meta.cutoff stays RFC 3339 up to the last instant of 9999.
+#[tokio::test(flavor = "multi_thread")]
+async fn since_and_cursors_stay_in_the_years_0001_to_9999() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 3, "now() - interval '1 hour'").await;
+    let server = TestServer::start(config(&db.url)).await;
+    for since in ["-4714-01-01", "-4714-11-24T00:00:00Z", "0000-12-31", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00%2B00:01"] {
+        let (status, body) = server.get(&format!("/sales-orders/export?since={since}")).await;
+        assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_parameter")), "{since}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("since:") && message.contains("0001 to 9999"), "{since}: {message}");
+    }
+    let (status, body) = server.get("/sales-orders/export?since=0001-01-01").await;
+    assert_eq!((status, body["meta"]["rows"].as_i64()), (200, Some(3)), "{body}");
+    let (status, body) = server.get("/sales-orders/export?since=9999-12-31T23:59:59.999999Z").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["meta"]["cutoff"], "9999-12-31T23:59:59.999999Z", "a future since is the cutoff, still RFC 3339");
+    assert_eq!(body["data"], json!([]));
+
+    // A validly signed cursor whose window PostgreSQL cannot hold or RFC 3339 cannot print.
+    let codec = order_cdc::server::cursor::CursorCodec::new(BTreeMap::from([("k1".into(), Secret::new(KEY_1))]), "k1".into(), "acme".into());
+    let now = chrono::Utc::now();
+    let at = |s: &str| order_cdc::timestamp::parse(s).unwrap();
+    let valid = order_cdc::server::cursor::CursorPayload {
+        v: 1, kid: "k1".into(), tenant: "acme".into(), since: at("2024-01-01"), cutoff: now, after: (at("2024-01-01"), 0), limit: 2,
+        exp: now + chrono::Duration::hours(1),
+    };
+    let (status, body) = server.get(&format!("/sales-orders/export?cursor={}", codec.encode(&valid))).await;
+    assert_eq!((status, body["meta"]["rows"].as_i64()), (200, Some(2)), "the forged cursor is otherwise valid: {body}");
+    for (field, payload) in [
+        ("since", order_cdc::server::cursor::CursorPayload { since: at("-4714-01-01"), ..valid.clone() }),
+        ("cutoff", order_cdc::server::cursor::CursorPayload { cutoff: at("9999-12-31T23:59:59-14:00"), ..valid.clone() }),
+        ("after", order_cdc::server::cursor::CursorPayload { after: (at("-5000-01-01"), 0), ..valid.clone() }),
+    ] {
+        let (status, body) = server.get(&format!("/sales-orders/export?cursor={}", codec.encode(&payload))).await;
+        assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_parameter")), "{field}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(&format!("cursor's {field}")), "{body}");
+    }
+    db.drop_db().await;
+}
+
 fn seed_004_request() -> Value {
     json!({
         "channel_id": 1, "order_number": "ORD-2024-001", "order_date": "2024-01-15", "order_status": "pending",
