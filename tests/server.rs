@@ -328,6 +328,31 @@ async fn create_then_export() {
     let (status, body) = server.post("/sales-orders", &invalid).await;
     assert_eq!((status, body["error"]["type"].as_str().unwrap()), (422, "validation_error"));
 
+    // Dates outside 0001-9999 and address members that are not strings: 422 naming each,
+    // nothing stored; the edges of the range are kept exactly.
+    let mut out_of_range = seed_004_request();
+    out_of_range["order_number"] = json!("ORD-2024-004");
+    out_of_range["order_date"] = json!("0000-01-01");
+    out_of_range["ship_date"] = json!("+10000-01-01");
+    out_of_range["bill_to"] = json!({"city": 723653, "name": false});
+    out_of_range["ship_to"] = json!({"name": "Jane Smith", "phone": ["555"]});
+    let (status, body) = server.post("/sales-orders", &out_of_range).await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["error"]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["order_date", "ship_date", "bill_to.city", "bill_to.name", "ship_to.phone"]);
+    let stored: i64 = client.query_one("SELECT count(*) FROM sales_orders WHERE order_number = 'ORD-2024-004'", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 0);
+    let mut edges = seed_004_request();
+    edges["order_number"] = json!("ORD-2024-005");
+    edges["order_date"] = json!("0001-01-01");
+    edges["ship_date"] = json!("9999-12-31");
+    edges["bill_to"] = json!({"name": "John Doe", "street2": null});
+    let (status, body) = server.post("/sales-orders", &edges).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!((body["data"]["order_date"].as_str(), body["data"]["ship_date"].as_str()), (Some("0001-01-01"), Some("9999-12-31")));
+    let order_date: String = client.query_one("SELECT order_date::text FROM sales_orders WHERE order_number = 'ORD-2024-005'", &[]).await.unwrap().get(0);
+    assert_eq!(order_date, "0001-01-01", "stored as AD 1, not 1 BC");
+
     // The created orders come back in the next export with matching fields.
     wait_for_cutoff_past_writes(&client).await;
     let (orders, _, _) = server.run("2024-01-01", 1000).await;
@@ -337,7 +362,7 @@ async fn create_then_export() {
     assert_eq!(exported["customer_email"], "customer@example.com");
     assert_eq!(exported["items"].as_array().unwrap().len(), 2);
     assert_eq!(exported["updated_at"], d["updated_at"]);
-    assert_eq!(orders.len(), 2);
+    assert_eq!(orders.len(), 3);
     db.drop_db().await;
 }
 
