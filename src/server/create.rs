@@ -675,6 +675,29 @@ mod tests {
         assert_eq!(message("discount_total"), "must be a number");
     }
 
+    /// openapi.json states the bounds this file enforces, so generators built from it
+    /// make valid orders; a changed bound here fails until the document follows.
+    #[test]
+    fn the_openapi_document_states_these_rules() {
+        let spec: Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        let order = &schemas["CreateSalesOrder"];
+        let item = &order["properties"]["items"]["items"]["properties"];
+        assert_eq!(item["quantity"]["maximum"], i32::MAX);
+        assert_eq!(item["quantity"]["minimum"], 1);
+        assert_eq!(schemas["Money"]["maximum"].to_string(), money(MAX_CENTS));
+        assert_eq!(schemas["Money"]["multipleOf"], 0.01);
+        assert_eq!(schemas["Tag"]["maxLength"], MAX_TEXT);
+        assert_eq!(order["anyOf"], json!([{"required": ["company_id"], "properties": {"company_id": {"type": "integer"}}}, {"required": ["bill_to", "ship_to"]}]));
+        assert_eq!(schemas["Address"]["additionalProperties"]["type"], json!(["string", "null"]));
+        let statuses: Vec<&str> = order["properties"]["order_status"]["enum"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert_eq!(statuses, ORDER_STATUSES);
+        for (field, description) in [(&order["properties"]["company_id"], "existing company"), (&item["product_id"], "existing product")] {
+            assert!(field["description"].as_str().unwrap().contains(description), "{field}");
+        }
+        assert!(schemas["Date"]["pattern"].as_str().unwrap().starts_with("^(000[1-9]|"), "the date pattern refuses year 0000");
+    }
+
     #[test]
     fn nul_characters_are_refused_by_field() {
         let mut b = minimal();
