@@ -1,7 +1,9 @@
 //! Timestamps as order-cdc reads and writes them: UTC, microsecond precision (PostgreSQL's),
 //! RFC 3339 with six fractional digits and `Z` on the way out.
 
-use chrono::{DateTime, NaiveDate, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
+use std::ops::RangeInclusive;
+
+use chrono::{DateTime, Datelike, NaiveDate, NaiveDateTime, SecondsFormat, SubsecRound, Utc};
 
 /// Formats a timestamp the one way order-cdc writes them: `2024-01-15T10:30:00.000000Z`.
 pub fn format(t: DateTime<Utc>) -> String {
@@ -42,6 +44,16 @@ pub fn parse(input: &str) -> Result<DateTime<Utc>, String> {
     Ok(parsed.trunc_subsecs(6))
 }
 
+/// The years a client may give or be given a date or instant in (UTC): RFC 3339's four
+/// digits. PostgreSQL holds them all, so a bound from a client never fails in the database
+/// (it cannot hold 4714 BC), and every instant derived from one prints as RFC 3339.
+pub const YEARS: RangeInclusive<i32> = 1..=9999;
+
+/// Whether `t` is in [`YEARS`].
+pub fn representable(t: DateTime<Utc>) -> bool {
+    YEARS.contains(&t.year())
+}
+
 /// The Unix epoch: where a pipeline without a checkpoint starts unless told otherwise,
 /// so a first run is a full snapshot.
 pub fn epoch() -> DateTime<Utc> {
@@ -73,5 +85,14 @@ mod tests {
         let e = parse("yesterday").unwrap_err();
         assert!(e.contains("yesterday"), "{e}");
         assert!(parse("2024-13-01").is_err());
+    }
+
+    #[test]
+    fn only_four_digit_utc_years_are_representable() {
+        assert!(representable(parse("0001-01-01").unwrap()));
+        assert!(representable(parse("9999-12-31T23:59:59.999999Z").unwrap()));
+        for outside in ["-4714-01-01", "0000-12-31", "0001-01-01T00:00:00+00:01", "9999-12-31T23:59:59-14:00"] {
+            assert!(!representable(parse(outside).unwrap()), "{outside}");
+        }
     }
 }

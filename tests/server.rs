@@ -210,6 +210,48 @@ async fn refused_cursors_say_why() {
     db.drop_db().await;
 }
 
+/// Dates PostgreSQL cannot hold (4714 BC and before) or RFC 3339 cannot print (after 9999)
+/// are 400s naming since, not 503s; meta.cutoff stays RFC 3339 up to the last instant of 9999.
+#[tokio::test(flavor = "multi_thread")]
+async fn since_and_cursors_stay_in_the_years_0001_to_9999() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 3, "now() - interval '1 hour'").await;
+    let server = TestServer::start(config(&db.url)).await;
+    for since in ["-4714-01-01", "-4714-11-24T00:00:00Z", "0000-12-31", "9999-12-31T23:59:59-14:00", "0001-01-01T00:00:00%2B00:01"] {
+        let (status, body) = server.get(&format!("/sales-orders/export?since={since}")).await;
+        assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_parameter")), "{since}: {body}");
+        let message = body["error"]["message"].as_str().unwrap();
+        assert!(message.starts_with("since:") && message.contains("0001 to 9999"), "{since}: {message}");
+    }
+    let (status, body) = server.get("/sales-orders/export?since=0001-01-01").await;
+    assert_eq!((status, body["meta"]["rows"].as_i64()), (200, Some(3)), "{body}");
+    let (status, body) = server.get("/sales-orders/export?since=9999-12-31T23:59:59.999999Z").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["meta"]["cutoff"], "9999-12-31T23:59:59.999999Z", "a future since is the cutoff, still RFC 3339");
+    assert_eq!(body["data"], json!([]));
+
+    // A validly signed cursor whose window PostgreSQL cannot hold or RFC 3339 cannot print.
+    let codec = order_cdc::server::cursor::CursorCodec::new(BTreeMap::from([("k1".into(), Secret::new(KEY_1))]), "k1".into(), "acme".into());
+    let now = chrono::Utc::now();
+    let at = |s: &str| order_cdc::timestamp::parse(s).unwrap();
+    let valid = order_cdc::server::cursor::CursorPayload {
+        v: 1, kid: "k1".into(), tenant: "acme".into(), since: at("2024-01-01"), cutoff: now, after: (at("2024-01-01"), 0), limit: 2,
+        exp: now + chrono::Duration::hours(1),
+    };
+    let (status, body) = server.get(&format!("/sales-orders/export?cursor={}", codec.encode(&valid))).await;
+    assert_eq!((status, body["meta"]["rows"].as_i64()), (200, Some(2)), "the forged cursor is otherwise valid: {body}");
+    for (field, payload) in [
+        ("since", order_cdc::server::cursor::CursorPayload { since: at("-4714-01-01"), ..valid.clone() }),
+        ("cutoff", order_cdc::server::cursor::CursorPayload { cutoff: at("9999-12-31T23:59:59-14:00"), ..valid.clone() }),
+        ("after", order_cdc::server::cursor::CursorPayload { after: (at("-5000-01-01"), 0), ..valid.clone() }),
+    ] {
+        let (status, body) = server.get(&format!("/sales-orders/export?cursor={}", codec.encode(&payload))).await;
+        assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_parameter")), "{field}: {body}");
+        assert!(body["error"]["message"].as_str().unwrap().contains(&format!("cursor's {field}")), "{body}");
+    }
+    db.drop_db().await;
+}
+
 fn seed_004_request() -> Value {
     json!({
         "channel_id": 1, "order_number": "ORD-2024-001", "order_date": "2024-01-15", "order_status": "pending",
@@ -286,6 +328,31 @@ async fn create_then_export() {
     let (status, body) = server.post("/sales-orders", &invalid).await;
     assert_eq!((status, body["error"]["type"].as_str().unwrap()), (422, "validation_error"));
 
+    // Dates outside 0001-9999 and address members that are not strings: 422 naming each,
+    // nothing stored; the edges of the range are kept exactly.
+    let mut out_of_range = seed_004_request();
+    out_of_range["order_number"] = json!("ORD-2024-004");
+    out_of_range["order_date"] = json!("0000-01-01");
+    out_of_range["ship_date"] = json!("+10000-01-01");
+    out_of_range["bill_to"] = json!({"city": 723653, "name": false});
+    out_of_range["ship_to"] = json!({"name": "Jane Smith", "phone": ["555"]});
+    let (status, body) = server.post("/sales-orders", &out_of_range).await;
+    assert_eq!(status, 422, "{body}");
+    let fields: Vec<&str> = body["error"]["fields"].as_array().unwrap().iter().map(|f| f["field"].as_str().unwrap()).collect();
+    assert_eq!(fields, ["order_date", "ship_date", "bill_to.city", "bill_to.name", "ship_to.phone"]);
+    let stored: i64 = client.query_one("SELECT count(*) FROM sales_orders WHERE order_number = 'ORD-2024-004'", &[]).await.unwrap().get(0);
+    assert_eq!(stored, 0);
+    let mut edges = seed_004_request();
+    edges["order_number"] = json!("ORD-2024-005");
+    edges["order_date"] = json!("0001-01-01");
+    edges["ship_date"] = json!("9999-12-31");
+    edges["bill_to"] = json!({"name": "John Doe", "street2": null});
+    let (status, body) = server.post("/sales-orders", &edges).await;
+    assert_eq!(status, 201, "{body}");
+    assert_eq!((body["data"]["order_date"].as_str(), body["data"]["ship_date"].as_str()), (Some("0001-01-01"), Some("9999-12-31")));
+    let order_date: String = client.query_one("SELECT order_date::text FROM sales_orders WHERE order_number = 'ORD-2024-005'", &[]).await.unwrap().get(0);
+    assert_eq!(order_date, "0001-01-01", "stored as AD 1, not 1 BC");
+
     // The created orders come back in the next export with matching fields.
     wait_for_cutoff_past_writes(&client).await;
     let (orders, _, _) = server.run("2024-01-01", 1000).await;
@@ -295,7 +362,7 @@ async fn create_then_export() {
     assert_eq!(exported["customer_email"], "customer@example.com");
     assert_eq!(exported["items"].as_array().unwrap().len(), 2);
     assert_eq!(exported["updated_at"], d["updated_at"]);
-    assert_eq!(orders.len(), 2);
+    assert_eq!(orders.len(), 3);
     db.drop_db().await;
 }
 

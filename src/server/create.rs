@@ -15,13 +15,14 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::NaiveDate;
+use chrono::{Datelike, NaiveDate};
 use serde_json::{Map, Value};
 use tokio_postgres::error::SqlState;
 
 use super::error::{ApiError, FieldError};
 use super::AppState;
 use crate::store::document::{array, object, Json};
+use crate::timestamp;
 
 /// Seed 004's `order_status` values.
 pub const ORDER_STATUSES: &[&str] = &[
@@ -83,7 +84,8 @@ impl Checker {
                 None
             }
             None | Some(Value::Null) => None,
-            Some(v) => v.as_i64().or_else(|| {
+            // JSON Schema counts 1.0 as an integer, so the OpenAPI document's generators send it.
+            Some(v) => v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < I64_BOUND).map(|f| f as i64)).or_else(|| {
                 self.fail(path, "must be an integer");
                 None
             }),
@@ -115,8 +117,9 @@ impl Checker {
 
     fn date(&mut self, obj: &Map<String, Value>, key: &str, required: bool) -> Option<NaiveDate> {
         let s = self.text(obj, key, key, required, None)?;
-        NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok().filter(|_| s.len() == 10).or_else(|| {
-            self.fail(key, "must be a date as YYYY-MM-DD");
+        // Year 0000 would be stored as 1 BC and shown as 0001: only what is shown is taken.
+        NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok().filter(|d| s.len() == 10 && timestamp::YEARS.contains(&d.year())).or_else(|| {
+            self.fail(key, "must be a date as YYYY-MM-DD in the years 0001 to 9999");
             None
         })
     }
@@ -133,13 +136,17 @@ impl Checker {
                     }
                     cents as i64
                 }
+                Some(x) if x < 0.0 => {
+                    self.fail(path, "must be >= 0");
+                    0
+                }
                 _ => {
-                    self.fail(path, "must be a number >= 0");
+                    self.fail(path, format!("must be at most {}", money(MAX_CENTS)));
                     0
                 }
             },
             Some(_) => {
-                self.fail(path, "must be a number >= 0");
+                self.fail(path, "must be a number");
                 0
             }
         }
@@ -154,6 +161,17 @@ impl Checker {
                 None
             }
         }
+    }
+
+    /// An address as the order document shows it: an object of strings (or nulls).
+    fn address(&mut self, obj: &Map<String, Value>, key: &str) -> Option<Value> {
+        let address = self.object(obj, key, key)?;
+        for (member, value) in address.as_object().into_iter().flatten() {
+            if !(value.is_string() || value.is_null()) {
+                self.fail(&format!("{key}.{member}"), "must be a string or null");
+            }
+        }
+        Some(address)
     }
 
     fn tags(&mut self, obj: &Map<String, Value>, key: &str, path: &str) -> Vec<String> {
@@ -204,6 +222,8 @@ pub(super) fn nul_path(value: &Value, path: &str) -> Option<String> {
 
 /// The largest amount a `numeric(14,2)` column holds, in cents.
 pub(super) const MAX_CENTS: i64 = 100_000_000_000_000 - 1;
+/// 2^63: whole numbers written with a fraction (`1.0`) below it in magnitude fit an i64.
+const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
 
 fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     let Some(obj) = body.as_object() else {
@@ -233,8 +253,8 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     let company_id = c.integer(obj, "company_id", "company_id", false);
     let customer_id = c.integer(obj, "customer_id", "customer_id", false);
     let user_id = c.integer(obj, "user_id", "user_id", false);
-    let bill_to = c.object(obj, "bill_to", "bill_to");
-    let ship_to = c.object(obj, "ship_to", "ship_to");
+    let bill_to = c.address(obj, "bill_to");
+    let ship_to = c.address(obj, "ship_to");
     if company_id.is_none() && !c.errors.iter().any(|e| e.field == "company_id") {
         for (key, value) in [("bill_to", &bill_to), ("ship_to", &ship_to)] {
             if value.is_none() && !c.errors.iter().any(|e| e.field == key) {
@@ -613,6 +633,70 @@ mod tests {
         assert_eq!(fields(b.clone()), vec!["bill_to", "ship_to"]);
         b["company_id"] = json!(123);
         assert!(fields(b).is_empty());
+    }
+
+    #[test]
+    fn dates_are_in_the_years_0001_to_9999() {
+        let mut b = minimal();
+        b["order_date"] = json!("0000-01-01");
+        b["ship_date"] = json!("0000-12-31");
+        b["hold_until_date"] = json!("0001-01-01");
+        b["ship_by_date"] = json!("9999-12-31");
+        b["earliest_ship_date"] = json!("+10000-01-01");
+        assert_eq!(fields(b), vec!["order_date", "ship_date", "earliest_ship_date"]);
+    }
+
+    #[test]
+    fn address_members_are_strings_or_null() {
+        let mut b = minimal();
+        b["bill_to"] = json!({"city": 723653, "name": false, "street1": "1 Main St", "street2": null});
+        b["ship_to"] = json!({"postal_code": {"zip": "90210"}});
+        assert_eq!(fields(b), vec!["bill_to.city", "bill_to.name", "ship_to.postal_code"]);
+    }
+
+    #[test]
+    fn whole_numbers_may_have_a_fraction_and_money_errors_say_why() {
+        let mut b = minimal();
+        b["channel_id"] = json!(1.0);
+        b["items"][0]["quantity"] = json!(2.0);
+        assert!(fields(b.clone()).is_empty());
+        b["items"][0]["quantity"] = json!(2.5);
+        b["total_tax"] = json!(1e12);
+        b["total_shipping"] = json!(-0.01);
+        b["discount_total"] = json!("5");
+        let messages: Vec<(String, String)> = match validate(&b) {
+            Err(e) => e.fields.into_iter().map(|f| (f.field, f.message)).collect(),
+            Ok(_) => panic!("invalid"),
+        };
+        let message = |field: &str| messages.iter().find(|(f, _)| f == field).map(|(_, m)| m.as_str()).unwrap_or_default();
+        assert_eq!(message("items[0].quantity"), "must be an integer");
+        assert_eq!(message("total_tax"), "must be at most 999999999999.99");
+        assert_eq!(message("total_shipping"), "must be >= 0");
+        assert_eq!(message("discount_total"), "must be a number");
+    }
+
+    /// openapi.json states the bounds this file enforces, so generators built from it
+    /// make valid orders; a changed bound here fails until the document follows.
+    #[test]
+    fn the_openapi_document_states_these_rules() {
+        let spec: Value = serde_json::from_str(super::super::OPENAPI).unwrap();
+        let schemas = &spec["components"]["schemas"];
+        let order = &schemas["CreateSalesOrder"];
+        let item = &order["properties"]["items"]["items"]["properties"];
+        assert_eq!(item["quantity"]["maximum"], i32::MAX);
+        assert_eq!(item["quantity"]["minimum"], 1);
+        assert_eq!(schemas["Money"]["maximum"].to_string(), money(MAX_CENTS));
+        assert_eq!(schemas["Money"]["multipleOf"], 0.01);
+        assert_eq!(schemas["Tag"]["maxLength"], MAX_TEXT);
+        let addresses = json!({"required": ["bill_to", "ship_to"], "properties": {"bill_to": {"type": "object"}, "ship_to": {"type": "object"}}});
+        assert_eq!(order["anyOf"], json!([{"required": ["company_id"], "properties": {"company_id": {"type": "integer"}}}, addresses]));
+        assert_eq!(schemas["Address"]["additionalProperties"]["type"], json!(["string", "null"]));
+        let statuses: Vec<&str> = order["properties"]["order_status"]["enum"].as_array().unwrap().iter().map(|s| s.as_str().unwrap()).collect();
+        assert_eq!(statuses, ORDER_STATUSES);
+        for (field, description) in [(&order["properties"]["company_id"], "existing company"), (&item["product_id"], "existing product")] {
+            assert!(field["description"].as_str().unwrap().contains(description), "{field}");
+        }
+        assert!(schemas["Date"]["pattern"].as_str().unwrap().starts_with("^(000[1-9]|"), "the date pattern refuses year 0000");
     }
 
     #[test]

@@ -48,6 +48,8 @@ pub enum CursorError {
     ForeignTenant,
     #[error("the cursor expired at {0}; start a new run with since")]
     Expired(String),
+    #[error("the cursor's {0} is outside the years 0001 to 9999 (UTC); start a new run with since")]
+    OutOfRange(&'static str),
 }
 
 impl CursorError {
@@ -59,6 +61,7 @@ impl CursorError {
             Self::BadSignature => "cursor_invalid_signature",
             Self::ForeignTenant => "cursor_foreign_tenant",
             Self::Expired(_) => "cursor_expired",
+            Self::OutOfRange(_) => "invalid_parameter",
         }
     }
 }
@@ -120,6 +123,13 @@ impl CursorCodec {
         if payload.exp <= now {
             return Err(CursorError::Expired(crate::timestamp::format(payload.exp)));
         }
+        // Signed does not mean usable: a key's holder (or an older server) may have signed
+        // a window PostgreSQL cannot hold or RFC 3339 cannot print.
+        for (name, t) in [("since", payload.since), ("cutoff", payload.cutoff), ("after", payload.after.0)] {
+            if !crate::timestamp::representable(t) {
+                return Err(CursorError::OutOfRange(name));
+            }
+        }
         Ok(payload)
     }
 }
@@ -170,5 +180,22 @@ mod tests {
         let other = codec(&[("k1", "first-secret-key-0123456789")], "k1", "globex");
         assert_eq!(other.decode(&cursor, now), Err(CursorError::ForeignTenant));
         assert!(matches!(c.decode(&cursor, now + Duration::hours(2)), Err(CursorError::Expired(_))));
+    }
+
+    #[test]
+    fn refuses_signed_windows_outside_the_representable_years() {
+        let now = Utc::now();
+        let c = codec(&[("k1", "first-secret-key-0123456789")], "k1", "acme");
+        let far = |s: &str| crate::timestamp::parse(s).unwrap();
+        let mut p = payload("k1", now);
+        p.since = far("-4714-01-01");
+        assert_eq!(c.decode(&c.encode(&p), now), Err(CursorError::OutOfRange("since")));
+        let mut p = payload("k1", now);
+        p.cutoff = far("9999-12-31T23:59:59-14:00");
+        assert_eq!(c.decode(&c.encode(&p), now), Err(CursorError::OutOfRange("cutoff")));
+        let mut p = payload("k1", now);
+        p.after.0 = far("0000-06-01");
+        let e = c.decode(&c.encode(&p), now).unwrap_err();
+        assert_eq!((e.kind(), e.to_string().contains("after")), ("invalid_parameter", true));
     }
 }

@@ -51,6 +51,12 @@ async fn page(state: &AppState, query: Option<String>) -> Result<Page, ApiError>
         (None, None) => Err(ApiError::bad_request("invalid_parameter", "since (to start a run) or cursor (to continue one) is required")),
         (Some(since), None) => {
             let since = timestamp::parse(&since).map_err(|e| ApiError::bad_request("invalid_parameter", format!("since: {e}")))?;
+            // The cutoff is the later of since and the server's: a since in the years
+            // 0001-9999 keeps it RFC 3339, and PostgreSQL holds every such bound.
+            if !timestamp::representable(since) {
+                let message = format!("since: {} is outside the years 0001 to 9999 (UTC)", timestamp::format(since));
+                return Err(ApiError::bad_request("invalid_parameter", message));
+            }
             let client = state.pool.get().await.map_err(ApiError::database)?;
             let cut = cutoff::cutoff(&client, state.cutoff_mode).await.map_err(ApiError::database)?;
             Ok(Page { since, cutoff: cut.at.max(since), after: None, limit: limit.unwrap_or(MAX_LIMIT) })

@@ -16,7 +16,7 @@ use std::time::Instant;
 use axum::extract::{RawQuery, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, NaiveDate, SubsecRound, TimeDelta, Utc};
+use chrono::{DateTime, NaiveDate, SubsecRound, TimeDelta, Utc};
 use serde_json::{json, Map, Value};
 use tokio_postgres::types::ToSql;
 use tokio_postgres::IsolationLevel;
@@ -121,8 +121,8 @@ fn bound(pairs: &Pairs, name: &str, end: End) -> Result<Option<DateTime<Utc>>, A
     };
     // PostgreSQL's range is wider, but no order lives outside this one, and staying in it
     // keeps every bound (and its echo) printable as YYYY-MM-DD.
-    if !(1..=9999).contains(&at.year()) {
-        return Err(bad(name, format!("{raw:?} is outside the years 1 to 9999")));
+    if !timestamp::representable(at) {
+        return Err(bad(name, format!("{raw:?} is outside the years 0001 to 9999")));
     }
     Ok(Some(at))
 }

@@ -20,13 +20,14 @@ use axum::extract::rejection::{BytesRejection, PathRejection};
 use axum::extract::{Path, RawQuery, State};
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
-use chrono::{DateTime, Datelike, TimeDelta, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use tokio_postgres::types::ToSql;
 
 use super::error::ApiError;
 use super::orders::{bad, borrowed, integer, text, Pairs, Param, Where};
 use super::AppState;
 use crate::store::document::{array, object, Json};
+use crate::timestamp;
 
 /// `size`: seed 003's page sizes, and its default.
 pub const SIZES: &[i64] = &[20, 40, 80];
@@ -183,9 +184,9 @@ pub struct Listing {
 fn unix(pairs: &Pairs, name: &str) -> Result<Option<DateTime<Utc>>, ApiError> {
     let Some(secs) = integer(pairs, name)? else { return Ok(None) };
     DateTime::from_timestamp(secs, 0)
-        .filter(|t| (1..=9999).contains(&t.year()))
+        .filter(|t| timestamp::representable(*t))
         .map(Some)
-        .ok_or_else(|| bad(name, format!("{secs} is outside the years 1 to 9999")))
+        .ok_or_else(|| bad(name, format!("{secs} is outside the years 0001 to 9999")))
 }
 
 impl Listing {
