@@ -10,6 +10,7 @@ pub mod postgres;
 mod published;
 pub mod webstore_api;
 
+use std::collections::HashSet;
 use std::future::Future;
 
 use chrono::{DateTime, Utc};
@@ -173,6 +174,23 @@ pub(crate) fn read_position<P: serde::de::DeserializeOwned>(
         return Err(SourceError::Position(format!("version {} is not supported (expected {version})", version_of(&p))));
     }
     Ok(p)
+}
+
+/// The content hashes a position keeps of the versions published at its boundary second,
+/// as hex. Above `MAX_SEEN_IN_POSITION` it keeps none: a second holding more (a bulk load)
+/// is published again after a crash, rather than the checkpoint outgrowing a Kafka message.
+pub(crate) fn seen_to_position(seen: &HashSet<u64>) -> Vec<String> {
+    if seen.len() > MAX_SEEN_IN_POSITION {
+        return Vec::new();
+    }
+    seen.iter().map(|h| format!("{h:016x}")).collect()
+}
+
+const MAX_SEEN_IN_POSITION: usize = 20_000;
+
+/// The hashes of a position's `seen`.
+pub(crate) fn seen_from_position(seen: &[String]) -> Result<HashSet<u64>, SourceError> {
+    seen.iter().map(|h| u64::from_str_radix(h, 16).map_err(|_| SourceError::Position(format!("seen {h:?} is not a hash")))).collect()
 }
 
 /// Who a configured source is (host, database, table, endpoint; never credentials): the

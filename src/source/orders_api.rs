@@ -47,9 +47,6 @@ pub const MAX_PER_PAGE: u32 = 250;
 const INCLUDES: [&str; 3] = ["items", "shipments", "status_history"];
 /// Parameters the walk sets itself: a filter may not override them.
 const WALK_PARAMETERS: [&str; 9] = ["filter_on", "date_from", "date_to", "updated_since", "sort", "page", "per_page", "include", "api_key"];
-/// The most hashes a position keeps: a second holding more (a bulk load) is published
-/// again after a crash, rather than the checkpoint outgrowing a Kafka message.
-const MAX_SEEN_IN_POSITION: usize = 20_000;
 /// Passes over one second that brought nothing new, after which it counts as read even
 /// when the server's `total` promised more than its pages hold.
 const QUIET_PASSES: u32 = 3;
@@ -248,7 +245,7 @@ impl OrdersApi {
     }
 
     fn position(&self) -> serde_json::Value {
-        let seen = if self.seen.len() <= MAX_SEEN_IN_POSITION { self.seen.iter().map(|h| format!("{h:016x}")).collect() } else { Vec::new() };
+        let seen = super::seen_to_position(&self.seen);
         serde_json::to_value(Position { v: Position::VERSION, from: Self::format(self.from), seen }).expect("a position serialises")
     }
 
@@ -348,11 +345,7 @@ impl Dialect for OrdersApi {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         let p = super::read_position(position, || Position::at(since, self.zone), "an orders API", Position::VERSION, |p| p.v)?;
         self.from = NaiveDateTime::parse_from_str(&p.from, TIME_FORMAT).map_err(|e| SourceError::Position(format!("from {:?}: {e}", p.from)))?;
-        self.seen = p
-            .seen
-            .iter()
-            .map(|h| u64::from_str_radix(h, 16).map_err(|_| SourceError::Position(format!("seen {h:?} is not a hash"))))
-            .collect::<Result<_, _>>()?;
+        self.seen = super::seen_from_position(&p.seen)?;
         self.run = None;
         Ok(())
     }

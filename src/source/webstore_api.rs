@@ -46,9 +46,6 @@ use super::{Batch, Record, RecordBody, SourceError};
 use crate::config::{InvalidValue, WebstoreApiSourceConfig};
 
 pub const SIZES: [u32; 3] = [20, 40, 80];
-/// The most hashes a position keeps (see the orders API source: a bulk second beyond it
-/// is published again after a crash, rather than the checkpoint outgrowing a message).
-const MAX_SEEN_IN_POSITION: usize = 20_000;
 /// Passes after which a run that never settled ends without moving its boundary: what it
 /// published stays published, and the next run reads the same revisions again.
 const MAX_PASSES: u32 = 8;
@@ -335,10 +332,6 @@ fn pass_over(rows: u64, size: u64, widest: u64, listed: u64, counted: u64) -> bo
     rows == 0 || (rows < size && if widest == 0 { listed >= counted } else { rows < widest })
 }
 
-fn hex(hashes: impl Iterator<Item = u64>) -> Vec<String> {
-    hashes.map(|h| format!("{h:016x}")).collect()
-}
-
 impl WebstoreApi {
     fn target(&self) -> Target {
         match &self.reconcile {
@@ -397,7 +390,7 @@ impl WebstoreApi {
                 seen.extend(at);
             }
         }
-        let seen = if seen.len() <= MAX_SEEN_IN_POSITION { hex(seen.into_iter()) } else { Vec::new() };
+        let seen = super::seen_to_position(&seen);
         let (generation, reconciled) = match &self.reconcile {
             Some(r) => (Some(r.set.generation()), Some(r.last)),
             None => (None, None),
@@ -621,11 +614,7 @@ impl Dialect for WebstoreApi {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         let p = super::read_position(position, || Position::at(since), "a webstore API", Position::VERSION, |p| p.v)?;
         self.rev = p.rev;
-        self.seen = p
-            .seen
-            .iter()
-            .map(|h| u64::from_str_radix(h, 16).map_err(|_| SourceError::Position(format!("seen {h:?} is not a hash"))))
-            .collect::<Result<_, _>>()?;
+        self.seen = super::seen_from_position(&p.seen)?;
         self.run = None;
         if let Some(r) = &mut self.reconcile {
             r.set.load(p.generation.unwrap_or(0)).map_err(|e| SourceError::Setup(e.to_string()))?;
