@@ -384,13 +384,11 @@ impl WebstoreApi {
     }
 
     fn position(&self) -> serde_json::Value {
-        let mut seen: HashSet<u64> = self.seen.clone();
-        if let Some(Run { newest: Some((rev, at)), .. }) = &self.run {
-            if *rev == self.rev {
-                seen.extend(at);
-            }
-        }
-        let seen = super::seen_to_position(&seen);
+        // What this run published at the boundary joins it; otherwise no copy per page.
+        let seen = match &self.run {
+            Some(Run { newest: Some((rev, at)), .. }) if *rev == self.rev => super::seen_to_position(&self.seen.union(at).copied().collect()),
+            _ => super::seen_to_position(&self.seen),
+        };
         let (generation, reconciled) = match &self.reconcile {
             Some(r) => (Some(r.set.generation()), Some(r.last)),
             None => (None, None),
