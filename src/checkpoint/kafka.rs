@@ -96,6 +96,9 @@ impl KafkaStore {
             .set("enable.auto.commit", "false")
             .set("isolation.level", "read_committed")
             .set("enable.partition.eof", "true")
+            // The read ends at the partition's end, which an empty fetch reports only after
+            // the broker's wait for data (500 ms by default), on every start and restart.
+            .set("fetch.wait.max.ms", "10")
             .create_with_context(ReaderContext)
             .map_err(kafka_error("checkpoint reader"))?;
         let metadata = consumer.fetch_metadata(Some(&self.topic), TIMEOUT).map_err(kafka_error("reading the checkpoint topic's metadata"))?;

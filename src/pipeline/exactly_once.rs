@@ -2,9 +2,13 @@
 //! are published in one Kafka transaction, so `read_committed` consumers see each change
 //! once. A transaction holds up to `batches_per_transaction` batches and is committed
 //! sooner at the end of a run and on shutdown. Like arroyo's Kafka sink, every
-//! acknowledgement is awaited (the flush) before the checkpoint joins and the transaction
-//! commits. Any failure abandons the open transaction; the next attempt resumes from the
-//! checkpoint committed with the last transaction.
+//! acknowledgement is awaited (the flush) before the transaction commits. Any failure
+//! abandons the open transaction; the next attempt resumes from the checkpoint committed
+//! with the last transaction.
+//!
+//! A producer has one transaction at a time, so nothing can be sent while a commit is in
+//! flight; what can overlap it is everything before sending: the next batch is fetched
+//! (and the pause between runs waited) while the last transaction commits.
 
 use std::time::Instant;
 
@@ -13,12 +17,12 @@ use chrono::{DateTime, Utc};
 use super::in_flight::InFlight;
 use super::{CommitContext, PipelineError, Runs};
 use crate::sink::{Acknowledgement, Delivered, TransactionalSink};
-use crate::source::Source;
+use crate::source::{Batch, Source};
 
 pub(super) async fn attempt<S: Source, K: TransactionalSink>(source: &mut S, sink: &K, target: CommitContext<'_>, mut runs: Runs<'_>) -> Result<(), PipelineError> {
-    let mut open = None;
+    let mut open = false;
     let result = transact(source, sink, target, &mut runs, &mut open).await;
-    if let (Err(error), Some(_)) = (&result, open) {
+    if let (Err(error), true) = (&result, open) {
         // Whatever it held stays invisible to read_committed consumers, also when this
         // attempt was the pipeline's last (shutdown, a bad record). An abort that fails
         // leaves it to the producer's transaction timeout, or to the next producer's
@@ -30,44 +34,60 @@ pub(super) async fn attempt<S: Source, K: TransactionalSink>(source: &mut S, sin
     result
 }
 
+/// Publishes batches until shutdown or the end of `--once`. `open` says whether a
+/// transaction is begun and not yet committed (the caller aborts it on failure).
 async fn transact<S: Source, K: TransactionalSink>(
     source: &mut S,
     sink: &K,
     target: CommitContext<'_>,
     runs: &mut Runs<'_>,
-    open: &mut Option<Transaction>,
+    open: &mut bool,
 ) -> Result<(), PipelineError> {
-    while let Some(batch) = runs.next(source).await? {
-        let txn = match open {
+    let mut filling: Option<Transaction> = None;
+    let mut closed: Option<Transaction> = None;
+    let mut last: Option<(bool, bool)> = None;
+    loop {
+        let fetch = async {
+            if let Some((ends_run, covers_start)) = last {
+                if !runs.go_on(ends_run, covers_start).await {
+                    return Ok(None);
+                }
+            }
+            runs.next(source).await
+        };
+        let (committed, fetched) = tokio::join!(commit(closed.take(), sink, target), fetch);
+        committed?;
+        if filling.is_none() {
+            *open = false;
+        }
+        let Some(batch) = fetched? else { break };
+        let txn = match &mut filling {
             Some(txn) => txn,
             None => {
                 sink.begin()?;
-                open.insert(Transaction::new(target))
+                *open = true;
+                filling.insert(Transaction::new(target))
             }
         };
-        txn.in_flight.add(batch.records.len());
-        txn.acks.push(sink.send(&batch.records).await?);
-        txn.position = batch.position;
-        txn.watermark = batch.watermark.or(txn.watermark);
-        if batch.ends_run || txn.acks.len() >= runs.settings.batches_per_transaction {
-            commit(open, sink, target).await?;
-        }
-        if !runs.go_on(batch.ends_run, batch.covers_start).await {
-            break;
+        last = Some((batch.ends_run, batch.covers_start));
+        let ends_run = txn.send(batch, sink).await?;
+        if ends_run || txn.acks.len() >= runs.settings.batches_per_transaction {
+            closed = filling.take();
         }
     }
-    // Shutdown: what is published so far is consistent with its checkpoint.
-    commit(open, sink, target).await
+    // Shutdown or the end of `--once`: what is published so far is consistent with its
+    // checkpoint.
+    commit(filling.take(), sink, target).await?;
+    *open = false;
+    Ok(())
 }
 
-/// Commits the open transaction, if any. It stays open (for the abort) until the commit
-/// has succeeded.
-async fn commit<K: TransactionalSink>(open: &mut Option<Transaction>, sink: &K, target: CommitContext<'_>) -> Result<(), PipelineError> {
-    if let Some(txn) = open {
-        txn.commit(sink, target).await?;
-        *open = None; // and with it, its events leave the in-flight gauge
+/// Commits a transaction, if there is one.
+async fn commit<K: TransactionalSink>(txn: Option<Transaction>, sink: &K, target: CommitContext<'_>) -> Result<(), PipelineError> {
+    match txn {
+        Some(txn) => txn.commit(sink, target).await, // and with it, its events leave the in-flight gauge
+        None => Ok(()),
     }
-    Ok(())
 }
 
 /// An open transaction's batches.
@@ -86,15 +106,27 @@ impl Transaction {
         Self { sent_at: Instant::now(), acks: Vec::new(), position: serde_json::Value::Null, watermark: None, in_flight: InFlight::new(&target.metrics.in_flight) }
     }
 
-    /// Awaits every acknowledgement, then adds the checkpoint and commits.
-    async fn commit<K: TransactionalSink>(&mut self, sink: &K, target: CommitContext<'_>) -> Result<(), PipelineError> {
+    /// Sends a batch in the transaction; true when the batch ends a run, which commits it.
+    async fn send<K: TransactionalSink>(&mut self, batch: Batch, sink: &K) -> Result<bool, PipelineError> {
+        self.in_flight.add(batch.records.len());
+        self.acks.push(sink.send(&batch.records).await?);
+        self.position = batch.position;
+        self.watermark = batch.watermark.or(self.watermark);
+        Ok(batch.ends_run)
+    }
+
+    /// Adds the checkpoint at once (its record travels with the last batches rather than
+    /// after their acknowledgements), awaits every acknowledgement, then commits.
+    async fn commit<K: TransactionalSink>(mut self, sink: &K, target: CommitContext<'_>) -> Result<(), PipelineError> {
         let batches = self.acks.len() as u64;
+        let checkpoint = sink.seal(&target.checkpoint(std::mem::take(&mut self.position))).await?;
         let mut delivered = Delivered::default();
         for ack in std::mem::take(&mut self.acks) {
             delivered += target.acknowledged(ack).await?;
         }
+        checkpoint.await?;
         let committing = Instant::now();
-        sink.commit(&target.checkpoint(self.position.clone())).await?;
+        sink.commit().await?;
         tracing::debug!(pipeline = target.pipeline, batches, events = delivered.events, commit = ?committing.elapsed(), open = ?self.sent_at.elapsed(), "transaction committed");
         target.committed(batches, delivered, self.sent_at, self.watermark);
         Ok(())

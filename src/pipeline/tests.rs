@@ -60,6 +60,7 @@ impl Faults {
 struct OpenTransaction {
     records: Vec<usize>,
     failed: bool,
+    checkpoint: Option<Checkpoint>,
 }
 
 struct World {
@@ -238,7 +239,17 @@ impl TransactionalSink for FakeSink {
         Ok(())
     }
 
-    async fn commit(&self, cp: &Checkpoint) -> Result<(), SinkError> {
+    async fn seal(&self, cp: &Checkpoint) -> Result<Acknowledgement, SinkError> {
+        let mut w = self.world.lock().unwrap();
+        w.fatal()?;
+        match &mut w.transaction {
+            Some(t) => t.checkpoint = Some(cp.clone()),
+            None => return Err(SinkError::Transaction("no open transaction".into())),
+        }
+        Ok(Box::pin(async { Ok(Delivered::default()) }))
+    }
+
+    async fn commit(&self) -> Result<(), SinkError> {
         let mut w = self.world.lock().unwrap();
         w.fatal()?;
         let rate = w.faults.commit_failure;
@@ -252,14 +263,17 @@ impl TransactionalSink for FakeSink {
         if t.failed {
             w.violations.push("committed a transaction with a failed delivery".into());
         }
+        let Some(cp) = t.checkpoint else {
+            return Err(SinkError::Transaction("committed without a checkpoint".into()));
+        };
         w.published.extend(t.records);
-        let position = position_of(cp);
+        let position = position_of(&cp);
         if w.published != (0..position).collect::<Vec<_>>() {
             let violation = format!("transaction committed position {position} with records {:?}", w.published);
             w.violations.push(violation);
         }
         w.committed_positions.push(position);
-        w.checkpoint = Some(cp.clone());
+        w.checkpoint = Some(cp);
         Ok(())
     }
 

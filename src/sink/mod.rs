@@ -85,9 +85,12 @@ pub trait TransactionalSink: Sink {
     /// together, or not at all.
     fn begin(&self) -> Result<(), SinkError>;
 
-    /// Adds the checkpoint to the open transaction and commits it. Succeeds only when every
-    /// event in it is acknowledged.
-    fn commit(&self, checkpoint: &Checkpoint) -> impl Future<Output = Result<(), SinkError>> + Send;
+    /// Adds the checkpoint to the open transaction, and hands back its acknowledgement.
+    fn seal(&self, checkpoint: &Checkpoint) -> impl Future<Output = Result<Acknowledgement, SinkError>> + Send;
+
+    /// Commits the open transaction, once every acknowledgement of it (batches and
+    /// checkpoint) has arrived. Fails if any event in it was not acknowledged.
+    fn commit(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
 
     /// Abandons the open transaction: none of it becomes visible to `read_committed`.
     fn abort(&self) -> impl Future<Output = Result<(), SinkError>> + Send;
