@@ -203,6 +203,14 @@ impl Run {
     fn still(&self) -> bool {
         self.before == self.after && !self.repeated && self.listed.len() as u64 == self.before.1
     }
+
+    /// Members of `S` not listed yet: `S` counts as `since=R-1` less `since=T`, as counted
+    /// before the pass; unknown until the first pass has been counted.
+    fn left(&self) -> Option<u64> {
+        let (newer, from_boundary) = self.before;
+        let counted = self.paged || matches!(self.step, Step::Page(_));
+        counted.then(|| from_boundary.saturating_sub(newer).saturating_sub(self.members.len() as u64))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -659,6 +667,10 @@ impl Dialect for WebstoreApi {
             return Err(http::http_error(Some(status.as_u16()), format!("the API refused endDate ({status}); reading without it"), true));
         }
         Err(http::http_error(Some(status.as_u16()), format!("the API refused the request ({status}): {detail} [parameters: {query}]"), false))
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        self.run.as_ref().and_then(Run::left)
     }
 
     fn page(&mut self, body: &[u8], server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
