@@ -50,12 +50,13 @@ impl Progress {
         let (then, done_then) = previous.filter(|_| behind)?;
         let report = Report::new(done, done - done_then, now.duration_since(then), left);
         tracing::info!(
-            pipeline = metrics.pipeline(),
-            done = report.done,
-            rate = report.rate,
-            left = %report.left.map_or("unknown".into(), |n| n.to_string()),
-            eta = %report.eta.map_or("unknown".into(), |eta| humantime_serde::re::humantime::format_duration(eta).to_string()),
-            "catching up: orders done, orders/s over the last interval, orders left (estimated)"
+            pipeline = %metrics.pipeline(),
+            orders_done = report.done,
+            orders_per_second = report.rate,
+            orders_left = %report.left.map_or("unknown".into(), |n| n.to_string()),
+            // One word (`1h23m4s`), as every other value of the line.
+            eta = %report.eta.map_or("unknown".into(), |eta| humantime_serde::re::humantime::format_duration(eta).to_string().replace(' ', "")),
+            "catching up"
         );
         Some(report)
     }

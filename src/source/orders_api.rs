@@ -625,6 +625,22 @@ mod tests {
     }
 
     #[test]
+    fn the_backlog_is_the_windows_total_less_the_page() {
+        let mut d = config(2).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        assert_eq!(d.backlog(), None, "nothing counted yet");
+        let date = at("2025-01-01T11:00:00Z");
+        d.page(&page_of(&[(1, 1, "2025-01-01 10:00:00"), (2, 1, "2025-01-01 10:00:01")], 5), date).unwrap();
+        assert_eq!(d.backlog(), Some(3));
+        // Page 1 again, from the newest second published: order 2 again, and order 3.
+        d.page(&page_of(&[(2, 1, "2025-01-01 10:00:01"), (3, 1, "2025-01-01 10:00:02")], 4), date).unwrap();
+        assert_eq!(d.backlog(), Some(2));
+        let last = d.page(&page_of(&[(4, 1, "2025-01-01 10:00:03"), (5, 1, "2025-01-01 10:00:04")], 2), date).unwrap();
+        assert!(last.ends_run);
+        assert_eq!(d.backlog(), None, "between runs");
+    }
+
+    #[test]
     fn requests_carry_the_window_in_the_apis_own_time_format_and_zone() {
         let mut cfg = config(50);
         cfg.timezone = "America/New_York".into();

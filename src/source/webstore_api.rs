@@ -976,6 +976,21 @@ mod tests {
         assert!(!e.is_retriable() && e.to_string().contains("size=40"), "{e}");
     }
 
+    #[test]
+    fn the_backlog_is_the_counted_set_less_what_the_run_listed() {
+        let mut d = config(40, false).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::from_timestamp(START, 0).unwrap()).unwrap();
+        let date = DateTime::from_timestamp(START + 100, 0);
+        for (answer, left) in [("7", None), ("2", None), ("9", Some(7))] {
+            d.page(answer.as_bytes(), date).unwrap();
+            assert_eq!(d.backlog(), left, "after the count {answer}");
+        }
+        let order = |uuid: &str, rev: i64| format!(r#"{{"uuid":"{uuid}","revision":{rev}}}"#);
+        let page = format!("[{},{},{}]", order("a", START + 1), order("b", START + 2), order("past-t", START + 99));
+        d.page(page.as_bytes(), date).unwrap();
+        assert_eq!(d.backlog(), Some(5), "two members of S listed; an order past T is not one");
+    }
+
     proptest! {
         #![proptest_config(ProptestConfig { cases: 500, ..ProptestConfig::default() })]
 
