@@ -6,7 +6,9 @@
 //! over that interval, the estimate and an ETA. A pipeline that keeps up ends a run every
 //! poll: it stays quiet and its backlog reads 0.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use tokio::time::Instant;
 
 use crate::metrics::PipelineMetrics;
 use crate::source::Source;
