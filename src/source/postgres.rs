@@ -539,7 +539,7 @@ fn store_error(e: StoreError) -> SourceError {
 
 /// The key walk's query from a position, explained and not run: the planner's estimate
 /// of the keys left in a run comes from the `updated_at` histogram that ANALYZE (and so
-/// autovacuum) keeps, in about a millisecond whatever the size of the table. A count
+/// autovacuum) keeps, in a few milliseconds whatever the size of the table. A count
 /// would read every key left.
 struct BacklogQuery(String);
 
