@@ -211,6 +211,10 @@ pub struct PipelineConfig {
     /// How long a daemon waits between the starts of two runs once it has caught up.
     #[serde(default = "default_poll_interval", with = "humantime_serde")]
     pub poll_interval: Duration,
+    /// While a run lasts longer than this (a backfill), how often the pipeline logs its
+    /// progress and estimates the orders left (`order_cdc_backlog_orders`).
+    #[serde(default = "default_progress_interval", with = "humantime_serde")]
+    pub progress_interval: Duration,
     /// `at_least_once`: batches published and not yet committed (the prefetch depth).
     #[serde(default = "default_max_in_flight_batches")]
     pub max_in_flight_batches: usize,
@@ -249,6 +253,9 @@ fn default_batch_size() -> usize {
 }
 fn default_poll_interval() -> Duration {
     Duration::from_secs(5)
+}
+fn default_progress_interval() -> Duration {
+    Duration::from_secs(10)
 }
 fn default_max_in_flight_batches() -> usize {
     4
@@ -613,6 +620,9 @@ impl Config {
             if !(1..=100_000).contains(&p.batch_size) {
                 return Err(invalid(key("batch_size"), "must be between 1 and 100000"));
             }
+            if p.progress_interval.is_zero() {
+                return Err(invalid(key("progress_interval"), "must be longer than 0 (e.g. \"10s\")"));
+            }
             if p.max_in_flight_batches == 0 {
                 return Err(invalid(key("max_in_flight_batches"), "must be at least 1"));
             }
@@ -737,6 +747,7 @@ url = "postgres://u:secret@127.0.0.1/db"
         let p = &c.pipelines["orders"];
         assert_eq!(p.batch_size, 1000);
         assert_eq!(p.poll_interval, Duration::from_secs(5));
+        assert_eq!(p.progress_interval, Duration::from_secs(10));
         assert_eq!(p.dead_letter_topic(), "orders.dlq");
         assert_eq!(c.kafka.properties["compression.type"], "lz4");
         let SourceConfig::Postgres(s) = &p.source else { panic!("a postgres source") };
@@ -756,6 +767,8 @@ url = "postgres://u:secret@127.0.0.1/db"
         assert!(e.contains("url") && e.contains("pipelines.orders.source"), "{e}");
         let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\npoll_interval = \"soon\""));
         assert!(e.contains("pipelines.orders.poll_interval"), "{e}");
+        let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\nprogress_interval = \"0s\""));
+        assert!(e.contains("pipelines.orders.progress_interval"), "{e}");
         let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\nbatch_size = 0"));
         assert!(e.contains("pipelines.orders.batch_size"), "{e}");
         let e = err(&PIPELINE.replace("topic = \"orders\"", "topic = \"orders\"\nbatchsize = 10"));

@@ -150,6 +150,7 @@ async fn build(
         settings: Settings {
             delivery: p.delivery,
             poll_interval: p.poll_interval,
+            progress_interval: p.progress_interval,
             max_in_flight_batches: p.max_in_flight_batches,
             batches_per_transaction: p.batches_per_transaction,
             on_bad_record: p.on_bad_record,

@@ -30,6 +30,7 @@ pub struct Metrics {
     delivery_latency: HistogramVec,
     run_duration: HistogramVec,
     in_flight: IntGaugeVec,
+    backlog: IntGaugeVec,
     commits: IntCounterVec,
     lag: GaugeVec,
     cutoff_holdback: GaugeVec,
@@ -119,6 +120,12 @@ fn gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> GaugeV
     g
 }
 
+fn int_gauge(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntGaugeVec {
+    let g = IntGaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry.register(Box::new(g.clone())).expect("unique metric");
+    g
+}
+
 fn histogram(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
     let buckets = vec![0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0];
     let h = HistogramVec::new(HistogramOpts::new(name, help).buckets(buckets), labels).expect("valid metric");
@@ -130,11 +137,7 @@ impl Metrics {
     pub fn new() -> Arc<Self> {
         let registry = Registry::new();
         let r = &registry;
-        let build = IntGaugeVec::new(Opts::new("order_cdc_build_info", "Build of the running binary."), &["version"]).expect("valid metric");
-        registry.register(Box::new(build.clone())).expect("unique metric");
-        build.with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
-        let in_flight = IntGaugeVec::new(Opts::new("order_cdc_in_flight_events", "Events sent to Kafka and not yet acknowledged."), &["pipeline"]).expect("valid metric");
-        registry.register(Box::new(in_flight.clone())).expect("unique metric");
+        int_gauge(r, "order_cdc_build_info", "Build of the running binary.", &["version"]).with_label_values(&[env!("CARGO_PKG_VERSION")]).set(1);
         Arc::new(Self {
             events: counter(r, "order_cdc_events_total", "Events by outcome: delivered, dead_lettered, failed.", &["pipeline", "outcome"]),
             batches: counter(r, "order_cdc_batches_total", "Batches whose every event was acknowledged and whose position was committed.", &["pipeline"]),
@@ -143,7 +146,8 @@ impl Metrics {
             source_latency: histogram(r, "order_cdc_source_request_duration_seconds", "Latency of one source request (one page).", &["pipeline"]),
             delivery_latency: histogram(r, "order_cdc_delivery_duration_seconds", "From sending a batch to its last acknowledgement.", &["pipeline"]),
             run_duration: histogram(r, "order_cdc_run_duration_seconds", "From the start of a run to its last page sent.", &["pipeline"]),
-            in_flight,
+            in_flight: int_gauge(r, "order_cdc_in_flight_events", "Events sent to Kafka and not yet acknowledged.", &["pipeline"]),
+            backlog: int_gauge(r, "order_cdc_backlog_orders", "Estimated orders left in the run under way (the source's estimate; 0 once a run ends).", &["pipeline"]),
             commits: counter(r, "order_cdc_checkpoint_commits_total", "Checkpoint commits.", &["pipeline"]),
             lag: gauge(r, "order_cdc_lag_seconds", "Now minus the newest committed updated_at.", &["pipeline"]),
             cutoff_holdback: gauge(r, "order_cdc_cutoff_holdback_seconds", "How far the run's cutoff is held below the database clock (late-commit guard or lag).", &["pipeline"]),
@@ -170,6 +174,7 @@ impl Metrics {
             delivery_latency: self.delivery_latency.with_label_values(&[name]),
             run_duration: self.run_duration.with_label_values(&[name]),
             in_flight: self.in_flight.with_label_values(&[name]),
+            backlog: self.backlog.with_label_values(&[name]),
             commits: self.commits.with_label_values(&[name]),
             lag: self.lag.with_label_values(&[name]),
             cutoff_holdback: self.cutoff_holdback.with_label_values(&[name]),
@@ -202,6 +207,7 @@ pub struct PipelineMetrics {
     pub delivery_latency: Histogram,
     pub run_duration: Histogram,
     pub in_flight: IntGauge,
+    pub backlog: IntGauge,
     pub commits: IntCounter,
     pub lag: Gauge,
     pub cutoff_holdback: Gauge,
@@ -209,6 +215,11 @@ pub struct PipelineMetrics {
 }
 
 impl PipelineMetrics {
+    /// The pipeline these metrics are labelled with.
+    pub fn pipeline(&self) -> &str {
+        &self.name
+    }
+
     pub fn source_request(&self, status: &str) {
         self.families.source_requests.with_label_values(&[&self.name, status]).inc();
     }

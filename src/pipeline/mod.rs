@@ -10,11 +10,13 @@
 //! This file is the supervisor both share: an attempt runs from the last committed
 //! checkpoint until something fails; a retriable failure rebuilds the sink where it must
 //! be, waits a backoff and starts a new attempt from the checkpoint (duplicates, never
-//! loss). `runs.rs` fetches and paces the batches; `in_flight.rs` keeps the gauge.
+//! loss). `runs.rs` fetches and paces the batches; `in_flight.rs` keeps the gauge;
+//! `progress.rs` reports a backfill's progress.
 
 mod at_least_once;
 mod exactly_once;
 mod in_flight;
+mod progress;
 mod runs;
 #[cfg(test)]
 mod tests;
@@ -70,6 +72,8 @@ impl PipelineError {
 pub struct Settings {
     pub delivery: Delivery,
     pub poll_interval: Duration,
+    /// How often a pipeline that is behind estimates its backlog and logs its progress.
+    pub progress_interval: Duration,
     /// `at_least_once`: batches sent and not yet committed.
     pub max_in_flight_batches: usize,
     /// `exactly_once`: batches per transaction (fewer at the end of a run or on shutdown).

@@ -1,9 +1,11 @@
 //! Fetching batches run after run, shared by both delivery modes: transient source errors
 //! are retried in place (with `Retry-After` or backoff), a batch with a bad record is
-//! refused under `on_bad_record = "fail"`, and runs are paced by `poll_interval`.
+//! refused under `on_bad_record = "fail"`, runs are paced by `poll_interval`, and a long
+//! run reports its progress (`progress.rs`).
 
 use std::time::Instant;
 
+use super::progress::Progress;
 use super::{PipelineError, Settings};
 use crate::backoff::Backoff;
 use crate::config::OnBadRecord;
@@ -18,11 +20,13 @@ pub(super) struct Runs<'a> {
     shutdown: Shutdown,
     backoff: Backoff,
     started: Instant,
+    progress: Progress,
 }
 
 impl<'a> Runs<'a> {
     pub(super) fn new(settings: &'a Settings, metrics: &'a PipelineMetrics, once: bool, shutdown: Shutdown) -> Self {
-        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now() }
+        let progress = Progress::new(settings.progress_interval);
+        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now(), progress }
     }
 
     /// The next batch; `None` once shutdown is asked for.
@@ -59,6 +63,7 @@ impl<'a> Runs<'a> {
             if let Some(holdback) = batch.cutoff_holdback {
                 self.metrics.cutoff_holdback.set(holdback.as_secs_f64());
             }
+            self.progress.batch_read(source, batch.ends_run, self.metrics).await;
             return Ok(Some(batch));
         }
     }

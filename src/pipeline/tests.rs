@@ -374,6 +374,7 @@ fn pipeline(world: &Shared, case: &Case, on_bad_record: OnBadRecord, metrics: Pi
         settings: Settings {
             delivery: case.delivery,
             poll_interval: Duration::from_secs(1),
+            progress_interval: Duration::from_secs(10),
             max_in_flight_batches: case.in_flight,
             batches_per_transaction: case.per_transaction,
             on_bad_record,

@@ -49,6 +49,11 @@ pub trait Dialect: Send {
     /// What a 4xx means that is not 401, 403, 408 or 429 (`detail` is the body's start):
     /// an error, or for a dialect that asked whether something exists, an answer.
     fn refused(&mut self, status: StatusCode, detail: String, server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError>;
+    /// Orders left in the run under way, as far as the pages read so far tell (no
+    /// request of its own); `None` when the API gives no counts.
+    fn backlog(&self) -> Option<u64> {
+        None
+    }
 }
 
 /// Where a pipeline's dialect may keep state that outgrows a checkpoint: a directory
@@ -287,6 +292,10 @@ impl Source for HttpSource {
 
     async fn next_batch(&mut self) -> Result<Batch, SourceError> {
         self.fetch().await
+    }
+
+    async fn backlog(&mut self) -> Option<u64> {
+        self.dialect.backlog()
     }
 }
 

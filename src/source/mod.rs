@@ -134,6 +134,14 @@ pub trait Source: Send {
     /// Reads the next page from the read position and advances it. At the end of a run the
     /// next call starts a new run with a fresh cutoff.
     fn next_batch(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send;
+
+    /// An estimate of the orders left between the position handed over last and the end
+    /// of its run, for progress reports; `None` when the source cannot tell. It is asked
+    /// mid-run, at most every `progress_interval`: it may cost a request or a query, never
+    /// a count over the table.
+    fn backlog(&mut self) -> impl Future<Output = Option<u64>> + Send {
+        std::future::ready(None)
+    }
 }
 
 /// The source a pipeline's configuration names (one per pipeline, so its size is moot).
@@ -155,6 +163,13 @@ impl Source for ConfiguredSource {
         match self {
             Self::Postgres(s) => s.next_batch().await,
             Self::Http(s) => s.next_batch().await,
+        }
+    }
+
+    async fn backlog(&mut self) -> Option<u64> {
+        match self {
+            Self::Postgres(s) => s.backlog().await,
+            Self::Http(s) => s.backlog().await,
         }
     }
 }

@@ -106,7 +106,7 @@ impl DialectConfig for OrdersApiSourceConfig {
         let zone = Tz::from_str(&self.timezone).map_err(|_| SourceError::Setup("source.timezone is not an IANA time zone".into()))?;
         let settle = TimeDelta::from_std(self.settle).map_err(|_| SourceError::Setup("source.settle is too long".into()))?;
         let from = local_second(DateTime::UNIX_EPOCH, zone);
-        Ok(Box::new(OrdersApi { cfg: self.clone(), endpoint, zone, settle, from, seen: HashSet::new(), run: None, started: None }))
+        Ok(Box::new(OrdersApi { cfg: self.clone(), endpoint, zone, settle, from, seen: HashSet::new(), run: None, started: None, left: None }))
     }
 
     fn position_since(&self, since: DateTime<Utc>) -> serde_json::Value {
@@ -134,6 +134,9 @@ struct OrdersApi {
     /// The server's clock at its first answer to this process: a run whose window
     /// reaches it holds every change made before the source started.
     started: Option<NaiveDateTime>,
+    /// Orders of the window not yet listed, by the `total` of its last page (a sweep's
+    /// total counts one second only, so it leaves this as it was).
+    left: Option<u64>,
 }
 
 struct Run {
@@ -414,6 +417,7 @@ impl Dialect for OrdersApi {
             // Counted by the total when there is one, since a server may hand out fewer
             // rows per page than asked.
             let holds_all = total.map_or(rows < per_page, |t| rows >= t);
+            self.left = total.map(|t| t.saturating_sub(rows));
             self.window_page(listed, holds_all)
         };
         let watermark = if ends_run {
@@ -426,6 +430,10 @@ impl Dialect for OrdersApi {
             self.run = None;
         }
         Ok(Batch { records, position: self.position(), ends_run, covers_start, cutoff_holdback: None, watermark })
+    }
+
+    fn backlog(&self) -> Option<u64> {
+        self.run.as_ref().and(self.left)
     }
 }
 
@@ -614,6 +622,22 @@ mod tests {
         d.restore(Some(&again.position), DateTime::UNIX_EPOCH).unwrap();
         let restarted = d.page(&page_of(&[(7, 2, "2025-01-01 10:00:00")], 1), at("2025-01-01T10:01:00Z")).unwrap();
         assert!(restarted.records.is_empty());
+    }
+
+    #[test]
+    fn the_backlog_is_the_windows_total_less_the_page() {
+        let mut d = config(2).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        assert_eq!(d.backlog(), None, "nothing counted yet");
+        let date = at("2025-01-01T11:00:00Z");
+        d.page(&page_of(&[(1, 1, "2025-01-01 10:00:00"), (2, 1, "2025-01-01 10:00:01")], 5), date).unwrap();
+        assert_eq!(d.backlog(), Some(3));
+        // Page 1 again, from the newest second published: order 2 again, and order 3.
+        d.page(&page_of(&[(2, 1, "2025-01-01 10:00:01"), (3, 1, "2025-01-01 10:00:02")], 4), date).unwrap();
+        assert_eq!(d.backlog(), Some(2));
+        let last = d.page(&page_of(&[(4, 1, "2025-01-01 10:00:03"), (5, 1, "2025-01-01 10:00:04")], 2), date).unwrap();
+        assert!(last.ends_run);
+        assert_eq!(d.backlog(), None, "between runs");
     }
 
     #[test]

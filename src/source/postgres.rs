@@ -87,6 +87,7 @@ struct Connections {
     keys: Client,
     first_keys: Statement,
     next_keys: Statement,
+    backlog: BacklogQuery,
     documents: Vec<Arc<DocumentConnection>>,
     next_document: usize,
     mode: CutoffMode,
@@ -177,6 +178,7 @@ impl PostgresSource {
         let (queries, precision) = self.queries(&keys, announce).await?;
         let first_keys = keys.prepare(&queries.first_keys).await.map_err(|e| self.explain_prepare(e))?;
         let next_keys = keys.prepare(&queries.next_keys).await.map_err(|e| self.explain_prepare(e))?;
+        let backlog = BacklogQuery::of(&queries);
         let mut documents = Vec::with_capacity(self.cfg.parallelism);
         for _ in 0..self.cfg.parallelism {
             let client = store::connect(&self.cfg.url, self.cfg.connect_timeout, &app).await.map_err(store_error)?;
@@ -204,7 +206,7 @@ impl PostgresSource {
         if announce {
             tracing::info!(pipeline = %self.pipeline, source = %identity(&self.cfg), cutoff = ?mode, "connected to PostgreSQL");
         }
-        self.conn = Some(Connections { keys, first_keys, next_keys, documents, next_document: 0, mode, precision });
+        self.conn = Some(Connections { keys, first_keys, next_keys, backlog, documents, next_document: 0, mode, precision });
         Ok(())
     }
 
@@ -535,6 +537,42 @@ fn store_error(e: StoreError) -> SourceError {
     }
 }
 
+/// The key walk's query from a position, explained and not run: the planner's estimate
+/// of the keys left in a run comes from the `updated_at` histogram that ANALYZE (and so
+/// autovacuum) keeps, in a few milliseconds whatever the size of the table. A count
+/// would read every key left.
+struct BacklogQuery(String);
+
+impl BacklogQuery {
+    fn of(queries: &Queries) -> Self {
+        Self(format!("EXPLAIN (FORMAT JSON) {}", queries.next_keys))
+    }
+}
+
+impl PostgresSource {
+    /// The planner's estimate of the keys from the position handed over last to its
+    /// run's cutoff: `None` between runs, when not connected, or when the query fails (a
+    /// lost connection is the key walk's to report).
+    async fn estimate_backlog(&self) -> Option<u64> {
+        let Position { since, cutoff: Some(cutoff), after: Some((at, id)), .. } = &self.handed else { return None };
+        let conn = self.conn.as_ref()?;
+        let unlimited = i64::MAX;
+        let explained = conn.keys.query_one(&conn.backlog.0, &[since as &(dyn ToSql + Sync), cutoff, &unlimited, at, id]).await;
+        match explained.map(|row| row.try_get::<_, serde_json::Value>(0)) {
+            Ok(Ok(plan)) => plan_rows(&plan),
+            Ok(Err(e)) | Err(e) => {
+                tracing::debug!(pipeline = %self.pipeline, error = %store::describe(&e), "estimating the backlog failed");
+                None
+            }
+        }
+    }
+}
+
+/// The rows `EXPLAIN (FORMAT JSON)` expects its top node to return.
+fn plan_rows(plan: &serde_json::Value) -> Option<u64> {
+    plan.pointer("/0/Plan/Plan Rows")?.as_f64().map(|rows| rows.round() as u64)
+}
+
 impl Source for PostgresSource {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         self.handed = super::read_position(position, || Position::at(since), "a Postgres", Position::VERSION, |p| p.v)?;
@@ -548,5 +586,9 @@ impl Source for PostgresSource {
             self.abandon(e.is_retriable());
         }
         result
+    }
+
+    async fn backlog(&mut self) -> Option<u64> {
+        self.estimate_backlog().await
     }
 }

@@ -203,6 +203,14 @@ impl Run {
     fn still(&self) -> bool {
         self.before == self.after && !self.repeated && self.listed.len() as u64 == self.before.1
     }
+
+    /// Members of `S` not listed yet: `S` counts as `since=R-1` less `since=T`, as counted
+    /// before the pass; unknown until the first pass has been counted.
+    fn left(&self) -> Option<u64> {
+        let (newer, from_boundary) = self.before;
+        let counted = self.paged || matches!(self.step, Step::Page(_));
+        counted.then(|| from_boundary.saturating_sub(newer).saturating_sub(self.members.len() as u64))
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Debug)]
@@ -661,6 +669,10 @@ impl Dialect for WebstoreApi {
         Err(http::http_error(Some(status.as_u16()), format!("the API refused the request ({status}): {detail} [parameters: {query}]"), false))
     }
 
+    fn backlog(&self) -> Option<u64> {
+        self.run.as_ref().and_then(Run::left)
+    }
+
     fn page(&mut self, body: &[u8], server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         match self.target() {
             Target::Change(step) => {
@@ -962,6 +974,21 @@ mod tests {
         assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders.json?size=40&page=0&since=1749999999");
         let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error":"size"}"#.into(), date).unwrap_err();
         assert!(!e.is_retriable() && e.to_string().contains("size=40"), "{e}");
+    }
+
+    #[test]
+    fn the_backlog_is_the_counted_set_less_what_the_run_listed() {
+        let mut d = config(40, false).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::from_timestamp(START, 0).unwrap()).unwrap();
+        let date = DateTime::from_timestamp(START + 100, 0);
+        for (answer, left) in [("7", None), ("2", None), ("9", Some(7))] {
+            d.page(answer.as_bytes(), date).unwrap();
+            assert_eq!(d.backlog(), left, "after the count {answer}");
+        }
+        let order = |uuid: &str, rev: i64| format!(r#"{{"uuid":"{uuid}","revision":{rev}}}"#);
+        let page = format!("[{},{},{}]", order("a", START + 1), order("b", START + 2), order("past-t", START + 99));
+        d.page(page.as_bytes(), date).unwrap();
+        assert_eq!(d.backlog(), Some(5), "two members of S listed; an order past T is not one");
     }
 
     proptest! {
