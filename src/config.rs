@@ -10,10 +10,13 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde::Deserialize;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 use crate::secret::{Secret, SecretUrl};
 use crate::source::http::DialectConfig;
+
+pub mod reference;
 
 const DEFAULTS: &str = include_str!("../config/default.toml");
 const ENV_PREFIX: &str = "ORDER_CDC";
@@ -43,7 +46,7 @@ impl InvalidValue {
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     pub kafka: KafkaConfig,
@@ -62,7 +65,7 @@ pub struct Config {
     pub pipelines: BTreeMap<String, PipelineConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct KafkaConfig {
     /// `bootstrap.servers`.
@@ -73,14 +76,14 @@ pub struct KafkaConfig {
     pub properties: BTreeMap<String, String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsConfig {
     /// Where `/metrics`, `/health/live` and `/health/ready` listen.
     pub listen: SocketAddr,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CheckpointConfig {
     pub store: CheckpointStoreKind,
@@ -108,7 +111,7 @@ impl CheckpointConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CheckpointStoreKind {
     /// Files for `at_least_once` pipelines; `exactly_once` ones always use the topic.
@@ -120,7 +123,7 @@ pub enum CheckpointStoreKind {
     Postgres,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct LogConfig {
     pub format: LogFormat,
@@ -128,31 +131,34 @@ pub struct LogConfig {
     pub level: String,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum LogFormat {
     Human,
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RunConfig {
     /// On SIGTERM / ctrl-c, how long in-flight deliveries may take to be acknowledged and
     /// committed before the process exits anyway (nothing unacknowledged is committed).
-    #[serde(with = "humantime_serde")]
+    #[serde(deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub shutdown_timeout: Duration,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DatabaseConfig {
+    /// `postgres://user:password@host:port/db`; the password never prints.
     pub url: SecretUrl,
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ServerConfig {
+    /// Where the API listens.
     #[serde(default = "default_server_listen")]
     pub listen: SocketAddr,
     /// Bound into every cursor: a cursor issued to another tenant is refused.
@@ -166,7 +172,9 @@ pub struct ServerConfig {
     pub cursor_keys: BTreeMap<String, Secret>,
     /// The key id that signs new cursors.
     pub cursor_key: String,
-    #[serde(default = "default_cursor_ttl", with = "humantime_serde")]
+    /// How long a cursor stays valid after it is issued.
+    #[serde(default = "default_cursor_ttl", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub cursor_ttl: Duration,
     /// Request bodies larger than this are refused (413).
     #[serde(default = "default_max_body_bytes")]
@@ -177,9 +185,13 @@ pub struct ServerConfig {
     /// The export cutoff, as for the Postgres source.
     #[serde(default)]
     pub cutoff: CutoffKind,
-    #[serde(default = "default_cutoff_lag", with = "humantime_serde")]
+    /// `cutoff = "lag"`: the export's cutoff is the database clock minus this.
+    #[serde(default = "default_cutoff_lag", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub cutoff_lag: Duration,
-    #[serde(default = "default_cutoff_max_hold", with = "humantime_serde")]
+    /// `cutoff = "xact"`: the longest one open transaction holds the export's cutoff back.
+    #[serde(default = "default_cutoff_max_hold", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub cutoff_max_hold: Duration,
 }
 
@@ -196,7 +208,7 @@ fn default_pool_size() -> usize {
     8
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PipelineConfig {
     /// The topic every change event goes to.
@@ -209,11 +221,13 @@ pub struct PipelineConfig {
     #[serde(default = "default_batch_size")]
     pub batch_size: usize,
     /// How long a daemon waits between the starts of two runs once it has caught up.
-    #[serde(default = "default_poll_interval", with = "humantime_serde")]
+    #[serde(default = "default_poll_interval", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub poll_interval: Duration,
     /// While a run lasts longer than this (a backfill), how often the pipeline logs its
     /// progress and estimates the orders left (`order_cdc_backlog_orders`).
-    #[serde(default = "default_progress_interval", with = "humantime_serde")]
+    #[serde(default = "default_progress_interval", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub progress_interval: Duration,
     /// `at_least_once`: batches published and not yet committed (the prefetch depth).
     #[serde(default = "default_max_in_flight_batches")]
@@ -270,7 +284,7 @@ fn default_replication_factor() -> i32 {
     -1
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Delivery {
     #[default]
@@ -278,7 +292,7 @@ pub enum Delivery {
     ExactlyOnce,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum Envelope {
     /// CloudEvents binary mode: the document is the value, attributes are `ce_*` headers.
@@ -288,7 +302,7 @@ pub enum Envelope {
     Structured,
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum OnBadRecord {
     /// Publish it to the dead-letter topic with the reason in a header and go on.
@@ -298,7 +312,7 @@ pub enum OnBadRecord {
     Fail,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, JsonSchema)]
 #[serde(tag = "kind", rename_all = "snake_case")]
 pub enum SourceConfig {
     Postgres(PostgresSourceConfig),
@@ -326,7 +340,7 @@ impl SourceConfig {
 
 /// `kind = "export_api"`: a `GET /sales-orders/export` endpoint (seed 000), ours from
 /// `order-cdc serve` or a Luminous tenant's.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExportApiSourceConfig {
     /// e.g. `https://acme.api.joinluminous.com/external/api/v1`; the endpoint is
@@ -338,7 +352,8 @@ pub struct ExportApiSourceConfig {
     #[serde(default = "default_api_limit")]
     pub limit: u32,
     /// One request, from connecting to the last byte.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "default_request_timeout", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub request_timeout: Duration,
     /// A larger page is an error (lower `limit`).
     #[serde(default = "default_max_response_bytes")]
@@ -354,7 +369,7 @@ pub struct ExportApiSourceConfig {
 
 /// `kind = "orders_api"`: a wholesale portal's `GET /api/orders/` (seed 002), ours from
 /// `order-cdc serve` or a portal's.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct OrdersApiSourceConfig {
     /// The collection URL, e.g. `https://portal.example/api/orders/`.
@@ -376,10 +391,12 @@ pub struct OrdersApiSourceConfig {
     pub timezone: String,
     /// A run's window ends this far behind the server's clock (its `Date` header), so
     /// that writes still committing when the run starts are inside a later run.
-    #[serde(default = "default_settle", with = "humantime_serde")]
+    #[serde(default = "default_settle", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub settle: Duration,
     /// One request, from connecting to the last byte.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "default_request_timeout", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub request_timeout: Duration,
     /// A larger page is an error (lower `per_page`).
     #[serde(default = "default_max_response_bytes")]
@@ -388,7 +405,7 @@ pub struct OrdersApiSourceConfig {
 
 /// `kind = "webstore_api"`: a webstore's `GET /[store]/api/v2/sales/orders.json` (seed
 /// 003), ours from `order-cdc serve` or a store's.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WebstoreApiSourceConfig {
     /// The collection URL, e.g. `https://shop.example/acme/api/v2/sales/orders.json`.
@@ -402,13 +419,16 @@ pub struct WebstoreApiSourceConfig {
     pub headers: BTreeMap<String, Secret>,
     /// A run reads revisions up to the server's clock (its `Date` header) minus this, so
     /// that writes still committing when the run starts are inside a later run.
-    #[serde(default = "default_settle", with = "humantime_serde")]
+    #[serde(default = "default_settle", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub settle: Duration,
     /// How often a full listing finds deleted orders (`off`, or a period such as `1h`).
-    #[serde(default, with = "reconcile_period")]
+    #[serde(default, deserialize_with = "reconcile_period::deserialize", serialize_with = "reconcile_period::serialize")]
+    #[schemars(with = "Period")]
     pub reconcile: Option<Duration>,
     /// One request, from connecting to the last byte.
-    #[serde(default = "default_request_timeout", with = "humantime_serde")]
+    #[serde(default = "default_request_timeout", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub request_timeout: Duration,
     /// A larger page is an error (lower `size`).
     #[serde(default = "default_max_response_bytes")]
@@ -419,11 +439,36 @@ fn default_webstore_size() -> u32 {
     80
 }
 
+/// How a duration appears in the configuration reference: text such as `5s` or `1h30m`.
+struct Period;
+
+impl JsonSchema for Period {
+    fn schema_name() -> std::borrow::Cow<'static, str> {
+        "Period".into()
+    }
+
+    fn inline_schema() -> bool {
+        true
+    }
+
+    fn json_schema(_: &mut schemars::SchemaGenerator) -> schemars::Schema {
+        schemars::json_schema!({ "type": "string", "format": "duration" })
+    }
+}
+
 /// `reconcile = "off"` or a period.
 mod reconcile_period {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    /// For the configuration reference's default.
+    pub fn serialize<S: Serializer>(period: &Option<Duration>, s: S) -> Result<S::Ok, S::Error> {
+        match period {
+            None => s.serialize_str("off"),
+            Some(p) => humantime_serde::serialize(p, s),
+        }
+    }
 
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
         let text = String::deserialize(d)?;
@@ -465,7 +510,7 @@ fn default_max_response_bytes() -> usize {
     64 << 20
 }
 
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PostgresSourceConfig {
     /// `postgres://user:password@host:port/db` (or key=value); the password never prints.
@@ -473,9 +518,11 @@ pub struct PostgresSourceConfig {
     /// The table, optionally schema-qualified.
     #[serde(default = "default_table")]
     pub table: String,
+    /// The table's key: each order's events carry it as their Kafka key.
     #[serde(default = "default_id_column")]
     pub id_column: String,
-    /// A `timestamptz` (or `timestamp`, read as UTC) column the writers set on every change.
+    /// A `timestamptz` (or `timestamp`, read as UTC; `timestamp(p)` is fine) column the
+    /// writers set on every change. A row whose value is NULL is never read.
     #[serde(default = "default_updated_at")]
     pub updated_at_column: String,
     /// An SQL predicate over alias `t`; rows that fail it are never read.
@@ -495,23 +542,27 @@ pub struct PostgresSourceConfig {
     pub cutoff: CutoffKind,
     /// `cutoff = "lag"`: the cutoff is the database clock minus this. Also the fallback
     /// when the role cannot see other sessions' transactions.
-    #[serde(default = "default_cutoff_lag", with = "humantime_serde")]
+    #[serde(default = "default_cutoff_lag", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub cutoff_lag: Duration,
     /// `cutoff = "xact"`: the longest the cutoff is held back by one open transaction;
     /// beyond it the run goes on (with a warning) and that transaction's rows may be late.
-    #[serde(default = "default_cutoff_max_hold", with = "humantime_serde")]
+    #[serde(default = "default_cutoff_max_hold", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub cutoff_max_hold: Duration,
     /// `run --once`: the longest it waits for the cutoff to reach the command's start
     /// (for the guard's margin, `cutoff_lag`, or an open transaction that holds it), after
     /// which it finishes with a warning naming what held it.
-    #[serde(default = "default_once_max_wait", with = "humantime_serde")]
+    #[serde(default = "default_once_max_wait", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub once_max_wait: Duration,
     /// Pages whose documents PostgreSQL builds at once, each on its own connection (the
     /// key walk has one more). Documents are where the database spends its time.
     #[serde(default = "default_parallelism")]
     pub parallelism: usize,
     /// How long to wait for a connection before giving up with an error.
-    #[serde(default = "default_connect_timeout", with = "humantime_serde")]
+    #[serde(default = "default_connect_timeout", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
+    #[schemars(with = "Period")]
     pub connect_timeout: Duration,
 }
 
@@ -541,7 +592,7 @@ fn default_connect_timeout() -> Duration {
     Duration::from_secs(10)
 }
 
-#[derive(Debug, Clone, Copy, Default, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, Deserialize, Serialize, JsonSchema, PartialEq, Eq)]
 #[serde(rename_all = "snake_case")]
 pub enum CutoffKind {
     /// Hold the cutoff below the start of the oldest open transaction (late-commit guard).
@@ -824,3 +875,4 @@ token = "t0ken"
         load_str(&format!("[checkpoint]\ntable = \"ops.Order_CDC_2\"\n{PIPELINE}")).unwrap();
     }
 }
+

@@ -41,6 +41,9 @@ enum Command {
         #[command(subcommand)]
         action: CheckpointAction,
     },
+    /// Print the configuration reference (every key, its type, default and environment
+    /// variable) as Markdown.
+    ConfigReference,
     /// Load demo orders into the reference schema in [database].url.
     DemoLoad {
         #[arg(long, default_value_t = 1000)]
@@ -81,6 +84,10 @@ impl CheckpointAction {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::ConfigReference = cli.command {
+        print!("{}", order_cdc::config::reference::markdown());
+        return ExitCode::SUCCESS;
+    }
     let config = match Config::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => return fail(e),
@@ -112,6 +119,7 @@ async fn dispatch(command: Command, config: Config) -> Result<(), Box<dyn std::e
                 println!("applied migrations: {applied:?}");
             }
         }
+        Command::ConfigReference => unreachable!("answered before the configuration is loaded"),
         Command::Run { once, pipelines } => daemon::run(config, &pipelines, once).await?,
         Command::Serve => {
             let server = config.server()?;

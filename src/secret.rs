@@ -2,11 +2,12 @@
 
 use std::fmt;
 
+use schemars::JsonSchema;
 use serde::Deserialize;
 
 /// A secret string (token, password). `Debug` and `Display` print `[redacted]`; the value
 /// is only reachable through [`Secret::expose`], so every use of it is greppable.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct Secret(String);
 
@@ -34,7 +35,7 @@ impl fmt::Display for Secret {
 
 /// A connection URL that may carry a password (`postgres://user:pw@host/db`). It prints
 /// with the password replaced, so it is safe in logs, errors and fingerprints.
-#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[derive(Clone, Deserialize, JsonSchema, PartialEq, Eq)]
 #[serde(transparent)]
 pub struct SecretUrl(String);
 
