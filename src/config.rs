@@ -440,6 +440,9 @@ fn default_webstore_size() -> u32 {
 }
 
 /// How a duration appears in the configuration reference: text such as `5s` or `1h30m`.
+/// Duration fields spell serde's `with = "humantime_serde"` out as `deserialize_with` and
+/// `serialize_with` (schemars would read `with` as a type, and the serializer writes the
+/// default into the reference) and add `#[schemars(with = "Period")]`.
 struct Period;
 
 impl JsonSchema for Period {
