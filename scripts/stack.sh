@@ -3,6 +3,7 @@
 # Apache Kafka 4.x (KRaft broker + controller) from the Maven Central jars.
 #
 #   scripts/stack.sh up      install what is missing, start both, wait until they answer
+#                            (and install the tests' promtool)
 #   scripts/stack.sh down    stop both (data is kept)
 #   scripts/stack.sh status  say what runs
 #   scripts/stack.sh env     print the URLs the tests and the demo use
@@ -147,6 +148,11 @@ pg_instance_down() {
 # ---------------------------------------------------------------- Kafka
 kafka_cp() { echo "$KAFKA_DIR/libs/*"; }
 
+# The tests' other tools: promtool checks the alert rules (docker/alerts.yml).
+tools_install() {
+  command -v promtool >/dev/null || apt_install prometheus
+}
+
 kafka_answers() {
   # Ready means a metadata request succeeds, not merely an open port; but with the port
   # closed there is no point asking (the admin client would wait a minute for it).
@@ -259,7 +265,7 @@ print_env() {
 case "${1:-}" in
   # Only the environment goes to stdout: the tools we call (pg_ctlcluster says "Removed
   # stale pid file." after an unclean stop) must not mix into what callers evaluate.
-  up) { pg_up; kafka_up; } >&2; print_env ;;
+  up) { pg_up; kafka_up; tools_install; } >&2; print_env ;;
   down) kafka_down; pg_down; log "stopped" ;;
   kafka-up) kafka_up ;;
   kafka-down) kafka_down ;;

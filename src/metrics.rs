@@ -31,7 +31,9 @@ pub struct Metrics {
     run_duration: HistogramVec,
     in_flight: IntGaugeVec,
     backlog: IntGaugeVec,
+    ready: IntGaugeVec,
     commits: IntCounterVec,
+    last_commit: GaugeVec,
     lag: GaugeVec,
     cutoff_holdback: GaugeVec,
     errors: IntCounterVec,
@@ -58,6 +60,10 @@ pub enum ErrorKind {
 }
 
 impl ErrorKind {
+    /// Every kind: a pipeline's error counters start at 0, so that alerts on their increase
+    /// and dashboard panels have a series before the first error.
+    const ALL: [Self; 6] = [Self::Source, Self::CursorRefused, Self::Delivery, Self::Kafka, Self::Checkpoint, Self::BadRecord];
+
     pub fn label(self) -> &'static str {
         match self {
             Self::Source => "source",
@@ -84,6 +90,13 @@ pub enum PipelineState {
     Failed(String),
 }
 
+impl PipelineState {
+    /// Running, or finished `run --once`: what `/health/ready` and `order_cdc_pipeline_ready` report.
+    fn is_ready(&self) -> bool {
+        matches!(self, Self::Running | Self::Finished)
+    }
+}
+
 impl Health {
     pub fn set(&self, pipeline: &str, state: PipelineState) {
         self.pipelines.lock().expect("health lock").insert(pipeline.to_string(), state);
@@ -91,7 +104,7 @@ impl Health {
 
     fn report(&self) -> (bool, String) {
         let states = self.pipelines.lock().expect("health lock");
-        let ready = states.values().all(|s| matches!(s, PipelineState::Running | PipelineState::Finished));
+        let ready = states.values().all(PipelineState::is_ready);
         let body = serde_json::json!({
             "ready": ready,
             "pipelines": states.iter().map(|(name, s)| {
@@ -148,7 +161,9 @@ impl Metrics {
             run_duration: histogram(r, "order_cdc_run_duration_seconds", "From the start of a run to its last page sent.", &["pipeline"]),
             in_flight: int_gauge(r, "order_cdc_in_flight_events", "Events sent to Kafka and not yet acknowledged.", &["pipeline"]),
             backlog: int_gauge(r, "order_cdc_backlog_orders", "Estimated orders left in the run under way (the source's estimate; 0 once a run ends).", &["pipeline"]),
+            ready: int_gauge(r, "order_cdc_pipeline_ready", "1 while the pipeline runs (or has finished `run --once`), 0 while it starts or after it failed.", &["pipeline"]),
             commits: counter(r, "order_cdc_checkpoint_commits_total", "Checkpoint commits.", &["pipeline"]),
+            last_commit: gauge(r, "order_cdc_last_commit_timestamp_seconds", "When the last checkpoint was committed (Unix time); 0 before the first.", &["pipeline"]),
             lag: gauge(r, "order_cdc_lag_seconds", "Now minus the newest committed updated_at.", &["pipeline"]),
             cutoff_holdback: gauge(r, "order_cdc_cutoff_holdback_seconds", "How far the run's cutoff is held below the database clock (late-commit guard or lag).", &["pipeline"]),
             errors: counter(r, "order_cdc_errors_total", "Errors by kind.", &["pipeline", "kind"]),
@@ -164,6 +179,9 @@ impl Metrics {
     }
 
     pub fn pipeline(self: &Arc<Self>, name: &str) -> PipelineMetrics {
+        for kind in ErrorKind::ALL {
+            self.errors.with_label_values(&[name, kind.label()]);
+        }
         PipelineMetrics {
             name: name.to_string(),
             delivered: self.events.with_label_values(&[name, "delivered"]),
@@ -175,7 +193,9 @@ impl Metrics {
             run_duration: self.run_duration.with_label_values(&[name]),
             in_flight: self.in_flight.with_label_values(&[name]),
             backlog: self.backlog.with_label_values(&[name]),
+            ready: self.ready.with_label_values(&[name]),
             commits: self.commits.with_label_values(&[name]),
+            last_commit: self.last_commit.with_label_values(&[name]),
             lag: self.lag.with_label_values(&[name]),
             cutoff_holdback: self.cutoff_holdback.with_label_values(&[name]),
             families: self.clone(),
@@ -208,7 +228,9 @@ pub struct PipelineMetrics {
     pub run_duration: Histogram,
     pub in_flight: IntGauge,
     pub backlog: IntGauge,
+    ready: IntGauge,
     pub commits: IntCounter,
+    pub last_commit: Gauge,
     pub lag: Gauge,
     pub cutoff_holdback: Gauge,
     families: Arc<Metrics>,
@@ -234,6 +256,7 @@ impl PipelineMetrics {
     }
 
     pub fn set_state(&self, state: PipelineState) {
+        self.ready.set(i64::from(state.is_ready()));
         self.families.health.set(&self.name, state);
     }
 }

@@ -177,6 +177,7 @@ impl CommitContext<'_> {
         m.dead_lettered.inc_by(delivered.dead_lettered);
         m.batches.inc_by(batches);
         m.commits.inc();
+        m.last_commit.set(Utc::now().timestamp_millis() as f64 / 1000.0);
         if let Some(w) = watermark {
             m.lag.set((Utc::now() - w).num_milliseconds().max(0) as f64 / 1000.0);
         }
