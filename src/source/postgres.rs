@@ -7,7 +7,7 @@
 //! cutoff. The id tie-breaker makes the order total, so any number of rows sharing one
 //! `updated_at` cross page boundaries intact.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -418,15 +418,28 @@ impl PostgresSource {
             tokio::spawn(async move {
                 if let Some(export) = &worker.export {
                     let begun = Instant::now();
-                    let page = export.fetch(&worker.client, &ids, &cutoff).await;
-                    // A value the assembly cannot write as PostgreSQL would: the SQL builds the page.
-                    if let Ok(rows) = observe(&metrics, begun, page)? {
-                        return Ok(rows.into_iter().map(|r: ExportRow| record(r.key, r.updated_at, r.deleted, r.document)).collect());
+                    let rows = observe(&metrics, begun, export.fetch(&worker.client, &ids, &cutoff).await)?;
+                    // Orders holding a value the assembly cannot write as PostgreSQL would are
+                    // built by the SQL builder: one more query, in its own snapshot, with the
+                    // same recheck (an order changed since is left for the next run).
+                    let exotic: Vec<String> = rows.iter().filter(|r| r.document.is_err()).map(|r| r.key.clone()).collect();
+                    let mut built: HashMap<String, Record> = HashMap::new();
+                    if !exotic.is_empty() {
+                        let begun = Instant::now();
+                        let sql = worker.client.query(&worker.statement, &[&exotic as &(dyn ToSql + Sync), &cutoff]).await;
+                        built = observe(&metrics, begun, sql)?.iter().map(sql_record).map(|r| (r.key.clone(), r)).collect();
                     }
+                    return Ok(rows
+                        .into_iter()
+                        .filter_map(|r: ExportRow| match r.document {
+                            Ok(document) => Some(record(r.key, r.updated_at, r.deleted, document)),
+                            Err(_) => built.remove(&r.key),
+                        })
+                        .collect());
                 }
                 let begun = Instant::now();
                 let rows = worker.client.query(&worker.statement, &[&ids as &(dyn ToSql + Sync), &cutoff]).await;
-                Ok(observe(&metrics, begun, rows)?.iter().map(|r| record(r.get(0), r.get(1), r.get(3), r.get(2))).collect())
+                Ok(observe(&metrics, begun, rows)?.iter().map(sql_record).collect())
             })
         });
         let watermark = if ends_run { Some(cutoff) } else { keys.last().map(|(_, at)| *at) };
@@ -544,6 +557,11 @@ fn observe<T>(metrics: &PipelineMetrics, begun: Instant, rows: Result<T, tokio_p
             Err(SourceError::Query(store::describe(&e), store::is_transient(&e)))
         }
     }
+}
+
+/// A row of the documents query: key, updated_at, document, deleted.
+fn sql_record(row: &Row) -> Record {
+    record(row.get(0), row.get(1), row.get(3), row.get(2))
 }
 
 fn record(key: String, updated_at: DateTime<Utc>, deleted: Option<bool>, document: Option<String>) -> Record {

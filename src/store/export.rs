@@ -123,9 +123,8 @@ impl ExportStatements {
         Ok(Some(Self { orders, children }))
     }
 
-    /// The orders of one page (`ids`, up to `cutoff`) with their documents, in key order;
-    /// `Err(Exotic)` when a value cannot be written as PostgreSQL would.
-    pub async fn fetch(&self, client: &Client, ids: &[String], cutoff: &DateTime<Utc>) -> Result<Result<Vec<ExportRow>, Exotic>, tokio_postgres::Error> {
+    /// The orders of one page (`ids`, up to `cutoff`) with their documents, in key order.
+    pub async fn fetch(&self, client: &Client, ids: &[String], cutoff: &DateTime<Utc>) -> Result<Vec<ExportRow>, tokio_postgres::Error> {
         // Every request is queued on the first poll, in this order, so the COMMIT runs even
         // if this future is dropped later: the connection never stays inside the transaction.
         let ids: &(dyn ToSql + Sync) = &ids;
@@ -149,55 +148,60 @@ pub struct ExportRow {
     pub key: String,
     pub updated_at: DateTime<Utc>,
     pub deleted: Option<bool>,
-    /// `None` for a deleted order, whose document is never published.
-    pub document: Option<String>,
+    /// `None` for a deleted order, whose document is never published; `Exotic` when it
+    /// holds a value only PostgreSQL writes right: the SQL builder builds that order.
+    pub document: Result<Option<String>, Exotic>,
 }
 
 /// The child rows of each order: a range of the query's rows, which come sorted by order.
-fn by_order(rows: &[Row]) -> Result<HashMap<i64, Range<usize>>, Exotic> {
+fn by_order(rows: &[Row]) -> HashMap<i64, Range<usize>> {
     let mut ranges: HashMap<i64, Range<usize>> = HashMap::new();
     for (i, row) in rows.iter().enumerate() {
-        let Int(id) = row.try_get(0).map_err(|_| Exotic)?;
-        ranges.entry(id).and_modify(|r| r.end = i + 1).or_insert(i..i + 1);
+        // Typed at prepare (`JOIN_TYPES`) and never NULL (`= ANY` leaves NULL out).
+        if let Ok(Int(id)) = row.try_get(0) {
+            ranges.entry(id).and_modify(|r| r.end = i + 1).or_insert(i..i + 1);
+        }
     }
-    Ok(ranges)
+    ranges
 }
 
-fn assemble(orders: &[Row], children: &[Vec<Row>]) -> Result<Vec<ExportRow>, Exotic> {
-    let grouped = children.iter().map(|rows| by_order(rows)).collect::<Result<Vec<_>, _>>()?;
-    let join = LEADING_COLUMNS + EXPORT_ORDER.len();
+fn assemble(orders: &[Row], children: &[Vec<Row>]) -> Vec<ExportRow> {
+    let grouped: Vec<_> = children.iter().map(|rows| by_order(rows)).collect();
     orders
         .iter()
         .map(|row| {
-            let deleted: Option<bool> = row.try_get(2).map_err(|_| Exotic)?;
+            let deleted: Option<bool> = row.get(2);
             let document = match deleted {
-                Some(true) => None,
-                _ => {
-                    let Int(id) = row.try_get(join).map_err(|_| Exotic)?;
-                    let mut out = String::with_capacity(1536);
-                    out.push('{');
-                    fields(&mut out, row, LEADING_COLUMNS, EXPORT_ORDER)?;
-                    for ((child, rows), ranges) in EXPORT_CHILDREN.iter().zip(children).zip(&grouped) {
-                        out.push_str(",\"");
-                        out.push_str(child.name);
-                        out.push_str("\":[");
-                        for (n, child_row) in ranges.get(&id).map_or(&[][..], |r| &rows[r.clone()]).iter().enumerate() {
-                            if n > 0 {
-                                out.push(',');
-                            }
-                            out.push('{');
-                            fields(&mut out, child_row, 1, child.fields)?;
-                            out.push('}');
-                        }
-                        out.push(']');
-                    }
-                    out.push('}');
-                    Some(out)
-                }
+                Some(true) => Ok(None),
+                _ => document(row, children, &grouped).map(Some),
             };
-            Ok(ExportRow { key: row.try_get(0).map_err(|_| Exotic)?, updated_at: row.try_get(1).map_err(|_| Exotic)?, deleted, document })
+            ExportRow { key: row.get(0), updated_at: row.get(1), deleted, document }
         })
         .collect()
+}
+
+/// The export document of one order row and its children.
+fn document(row: &Row, children: &[Vec<Row>], grouped: &[HashMap<i64, Range<usize>>]) -> Result<String, Exotic> {
+    let Int(id) = row.try_get(LEADING_COLUMNS + EXPORT_ORDER.len()).map_err(|_| Exotic)?;
+    let mut out = String::with_capacity(1536);
+    out.push('{');
+    fields(&mut out, row, LEADING_COLUMNS, EXPORT_ORDER)?;
+    for ((child, rows), ranges) in EXPORT_CHILDREN.iter().zip(children).zip(grouped) {
+        out.push_str(",\"");
+        out.push_str(child.name);
+        out.push_str("\":[");
+        for (n, child_row) in ranges.get(&id).map_or(&[][..], |r| &rows[r.clone()]).iter().enumerate() {
+            if n > 0 {
+                out.push(',');
+            }
+            out.push('{');
+            fields(&mut out, child_row, 1, child.fields)?;
+            out.push('}');
+        }
+        out.push(']');
+    }
+    out.push('}');
+    Ok(out)
 }
 
 /// `"name":value` for each field, read from the row's columns from `first` on.
@@ -224,7 +228,7 @@ fn value(out: &mut String, row: &Row, col: usize, json: &Json) -> Result<(), Exo
             None => out.push_str("null"),
         },
         Json::Money(_) => match get(row, col)? {
-            Some(v) => json_text::float8(out, v),
+            Some(v) => json_text::float8(out, v)?,
             None => out.push_str("null"),
         },
         Json::Text(_) => match get::<&str>(row, col)? {
