@@ -62,19 +62,22 @@ pub struct ExportSql {
 const JOIN_TYPES: &[Type] = &[Type::INT2, Type::INT4, Type::INT8];
 
 impl ExportSql {
-    /// `schema` holds the child tables; `order_ids` is an SQL set of the page's order ids
-    /// (`t.id`) from parameter `$1`, e.g. `$1::text[]::bigint[]`.
+    /// `schema` holds the child tables; `order_ids` is an SQL array of the page's order
+    /// ids (`t.id`) from parameter `$1`, e.g. `$1::text[]::bigint[]`.
     pub fn new(schema: &str, order_ids: &str) -> Option<Self> {
         let order = columns(EXPORT_ORDER)?;
         let children = EXPORT_CHILDREN
             .iter()
             .map(|c| {
                 let a = c.alias;
+                // An index scan per order: with `sales_order_id = ANY(ids)` the planner
+                // prefers a (parallel) scan of the whole table, 5-10 times slower at 2% of
+                // it. The subquery's ORDER BY keeps it from being flattened into a join.
                 Some(format!(
-                    "SELECT {a}.sales_order_id, {}\n  FROM {schema}.{} {a}\n WHERE {a}.sales_order_id = ANY({order_ids})\n ORDER BY {a}.sales_order_id, {}",
+                    "SELECT {a}.sales_order_id, {}\n  FROM unnest({order_ids}) AS k(id)\n CROSS JOIN LATERAL (SELECT * FROM {schema}.{} {a} WHERE {a}.sales_order_id = k.id ORDER BY {order}) {a}\n ORDER BY {a}.sales_order_id, {order}",
                     select_list(&columns(c.fields)?),
                     c.table,
-                    c.order
+                    order = c.order
                 ))
             })
             .collect::<Option<Vec<_>>>()?;
