@@ -17,6 +17,7 @@ use common::*;
 use order_cdc::store::export::{ExportSql, ExportStatements};
 use order_cdc::store::{document, json_text};
 use rand::Rng;
+use tokio_postgres::types::ToSql;
 use tokio_postgres::Client;
 
 const ORDERS: i64 = 3000;
@@ -164,6 +165,11 @@ async fn the_assembled_export_document_is_byte_identical_to_postgresql_s_for_hos
     db.drop_db().await;
 }
 
+/// One text column of a query over one array parameter, in order.
+async fn texts(session: &Client, sql: &str, values: &(dyn ToSql + Sync)) -> Vec<String> {
+    session.query(sql, &[values]).await.unwrap().iter().map(|r| r.get(0)).collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn random_scalars_are_written_as_postgresql_writes_them() {
     let db = TestDb::create().await;
@@ -179,13 +185,7 @@ async fn random_scalars_are_written_as_postgresql_writes_them() {
             _ => rng.random_range(-1e6..1e6_f64),
         })
         .collect();
-    let pg: Vec<String> = session
-        .query("SELECT v::text FROM unnest($1::float8[]) WITH ORDINALITY u(v, n) ORDER BY n", &[&floats])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pg = texts(&session, "SELECT v::text FROM unnest($1::float8[]) WITH ORDINALITY u(v, n) ORDER BY n", &floats).await;
     let (mut exotic, mut ties) = (0, 0);
     for (v, want) in floats.iter().zip(&pg) {
         let mut ours = String::new();
@@ -200,13 +200,7 @@ async fn random_scalars_are_written_as_postgresql_writes_them() {
     // to_json(text): strings drawn from controls, quotes, backslashes, ASCII and beyond.
     let pool: Vec<char> = (1u32..0x80).chain([0xe9, 0x2028, 0xfeff, 0xffff, 0x1f600, 0x10ffff]).filter_map(char::from_u32).collect();
     let strings: Vec<String> = (0..N).map(|_| (0..rng.random_range(0..12)).map(|_| pool[rng.random_range(0..pool.len())]).collect()).collect();
-    let pg: Vec<String> = session
-        .query("SELECT to_json(v)::text FROM unnest($1::text[]) WITH ORDINALITY u(v, n) ORDER BY n", &[&strings])
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pg = texts(&session, "SELECT to_json(v)::text FROM unnest($1::text[]) WITH ORDINALITY u(v, n) ORDER BY n", &strings).await;
     for (s, want) in strings.iter().zip(&pg) {
         let mut ours = String::new();
         json_text::text(&mut ours, s);
@@ -215,18 +209,9 @@ async fn random_scalars_are_written_as_postgresql_writes_them() {
 
     // Timestamps across the whole range (4713 BC .. 294276 AD), to the microsecond.
     let micros: Vec<i64> = (0..N).map(|_| rng.random_range(-211_813_488_000_000_000i64..9_223_371_331_200_000_000)).collect();
-    let pg: Vec<String> = session
-        .query(
-            r#"SELECT '"' || to_char('2000-01-01'::timestamp + (v / 86400000000) * interval '1 day' + (v % 86400000000) * interval '1 microsecond',
+    let pg = texts(&session, r#"SELECT '"' || to_char('2000-01-01'::timestamp + (v / 86400000000) * interval '1 day' + (v % 86400000000) * interval '1 microsecond',
                                      'YYYY-MM-DD"T"HH24:MI:SS.US"Z"') || '"'
-                 FROM unnest($1::int8[]) WITH ORDINALITY u(v, n) ORDER BY n"#,
-            &[&micros],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+                 FROM unnest($1::int8[]) WITH ORDINALITY u(v, n) ORDER BY n"#, &micros).await;
     for (v, want) in micros.iter().zip(&pg) {
         let mut ours = String::new();
         json_text::timestamp(&mut ours, *v);
@@ -235,16 +220,7 @@ async fn random_scalars_are_written_as_postgresql_writes_them() {
 
     // Dates from 4713 BC to the last a timestamp holds.
     let days: Vec<i32> = (0..N).map(|_| rng.random_range(-2_451_545..109_203_528 - 2_451_545)).collect();
-    let pg: Vec<String> = session
-        .query(
-            r#"SELECT '"' || to_char('2000-01-01'::date + v, 'YYYY-MM-DD') || '"' FROM unnest($1::int4[]) WITH ORDINALITY u(v, n) ORDER BY n"#,
-            &[&days],
-        )
-        .await
-        .unwrap()
-        .iter()
-        .map(|r| r.get(0))
-        .collect();
+    let pg = texts(&session, r#"SELECT '"' || to_char('2000-01-01'::date + v, 'YYYY-MM-DD') || '"' FROM unnest($1::int4[]) WITH ORDINALITY u(v, n) ORDER BY n"#, &days).await;
     for (v, want) in days.iter().zip(&pg) {
         let mut ours = String::new();
         json_text::date(&mut ours, *v).expect("within the timestamp range");
