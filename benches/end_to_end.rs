@@ -4,10 +4,14 @@
 //!   (b) the document query alone: the same keyset pages, read by the Postgres source;
 //!   (c) rdkafka alone: producing the same payload bytes with the same producer settings;
 //! and prints orders/s, MB/s and the ratio a / min(b, c). Each is the best of `ROUNDS`.
+//! (a) and (b) are measured for each kind of document: the export document (assembled in
+//! Rust), the same built by PostgreSQL's SQL (the fallback, for the comparison), the
+//! whole row (`row`) and an SQL expression; each with its own ratio a / min(b, c), and the
+//! peak RSS of each `run --once`.
 
 use std::time::{Duration, Instant};
 
-use order_cdc::config::{Config, SourceConfig};
+use order_cdc::config::{Config, PostgresSourceConfig, SourceConfig};
 use order_cdc::metrics::Metrics;
 use order_cdc::sink::kafka::client_config;
 use order_cdc::source::postgres::PostgresSource;
@@ -28,6 +32,8 @@ struct Figure {
     orders: usize,
     bytes: usize,
     elapsed: Duration,
+    /// The peak resident set of the `run --once` child (the largest of its rounds).
+    peak_rss: Option<u64>,
 }
 
 impl Figure {
@@ -35,8 +41,9 @@ impl Figure {
         self.orders as f64 / self.elapsed.as_secs_f64()
     }
     fn print(&self) {
+        let rss = self.peak_rss.map(|kb| format!(" {:>5} MB peak RSS", kb / 1024)).unwrap_or_default();
         println!(
-            "{:<44} {:>8} orders {:>8.2} s {:>10.0} orders/s {:>8.1} MB/s",
+            "{:<58} {:>8} orders {:>7.2} s {:>9.0} orders/s {:>7.1} MB/s{rss}",
             self.name,
             self.orders,
             self.elapsed.as_secs_f64(),
@@ -52,32 +59,7 @@ async fn bench(config_path: std::path::PathBuf) {
     let SourceConfig::Postgres(source_cfg) = &pipeline.source else { panic!("the bench pipeline reads PostgreSQL") };
 
     // (b) the source alone.
-    let mut documents = Vec::new();
-    let mut best_b: Option<Figure> = None;
-    for _ in 0..ROUNDS {
-        let metrics = Metrics::new().pipeline(name);
-        let started = Instant::now();
-        let mut source = PostgresSource::open(source_cfg.clone(), name, pipeline.batch_size, metrics, false).await.expect("source");
-        source.restore(None, order_cdc::timestamp::epoch()).unwrap();
-        let mut docs = Vec::new();
-        loop {
-            let batch = source.next_batch().await.expect("page");
-            for r in batch.records {
-                if let RecordBody::Document(d) = r.body {
-                    docs.push((r.key, d));
-                }
-            }
-            if batch.ends_run {
-                break;
-            }
-        }
-        let f = Figure { name: "(b) document query alone (Postgres source)", orders: docs.len(), bytes: docs.iter().map(|d| d.1.len()).sum(), elapsed: started.elapsed() };
-        if best_b.as_ref().is_none_or(|b| f.elapsed < b.elapsed) {
-            best_b = Some(f);
-        }
-        documents = docs;
-    }
-    let b = best_b.unwrap();
+    let (b, documents) = source_alone(source_cfg, name, pipeline.batch_size, "(b) document query alone (Postgres source)").await;
 
     // (c) rdkafka alone, same settings, same bytes, same partitions.
     let mut best_c: Option<Figure> = None;
@@ -106,7 +88,7 @@ async fn bench(config_path: std::path::PathBuf) {
         for d in pending {
             d.await.unwrap().expect("delivered");
         }
-        let f = Figure { name: "(c) rdkafka producer alone", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed() };
+        let f = Figure { name: "(c) rdkafka producer alone", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed(), peak_rss: None };
         if best_c.as_ref().is_none_or(|c| f.elapsed < c.elapsed) {
             best_c = Some(f);
         }
@@ -119,8 +101,27 @@ async fn bench(config_path: std::path::PathBuf) {
     let delivery = (format!("ORDER_CDC__PIPELINES__{}__DELIVERY", name.to_uppercase()), "exactly_once".to_string());
     let x = end_to_end(&config_path, name, "(x) the same, delivery = exactly_once", &[delivery], &b);
 
+    // The other kinds of document, each against its own query.
+    let kinds = [
+        ("sql", "the export document built by PostgreSQL's SQL", order_cdc::store::document::export_document("public")),
+        ("row", "document = \"row\"", "row".to_string()),
+        ("expr", "an SQL expression", "json_build_object('id', t.id, 'number', t.order_number, 'status', t.order_status, 'total', t.total_amount, 'updated_at', t.updated_at)".to_string()),
+    ];
+    let mut others = Vec::new();
+    for (short, what, document) in kinds {
+        let mut cfg = source_cfg.clone();
+        cfg.document = Some(document.clone());
+        let (b_k, _) = source_alone(&cfg, name, pipeline.batch_size, leak(format!("(b_{short}) {what}, query alone"))).await;
+        let env = [(format!("ORDER_CDC__PIPELINES__{}__SOURCE__DOCUMENT", name.to_uppercase()), document)];
+        let a_k = end_to_end(&config_path, name, leak(format!("(a_{short}) the same, end to end")), &env, &b_k);
+        others.push((short, b_k, a_k));
+    }
+
     println!();
-    println!("batch_size {} | max_in_flight_batches {} | kafka properties {:?}", pipeline.batch_size, pipeline.max_in_flight_batches, config.kafka.properties);
+    println!(
+        "batch_size {} | parallelism {} | max_in_flight_batches {} | kafka properties {:?}",
+        pipeline.batch_size, source_cfg.parallelism, pipeline.max_in_flight_batches, config.kafka.properties
+    );
     println!("average document: {} bytes", b.bytes / b.orders.max(1));
     b.print();
     c.print();
@@ -129,18 +130,61 @@ async fn bench(config_path: std::path::PathBuf) {
     println!("ratio a / min(b, c) = {:.2}", a.rate() / floor);
     x.print();
     println!("ratio x / a = {:.2}", x.rate() / a.rate());
+    for (short, b_k, a_k) in &others {
+        b_k.print();
+        a_k.print();
+        println!("ratio a_{short} / min(b_{short}, c) = {:.2}", a_k.rate() / b_k.rate().min(c.rate()));
+    }
+    let sql = &others[0].1;
+    println!("ratio b / b_sql (export document: Rust assembly over PostgreSQL's JSON) = {:.2}", b.rate() / sql.rate());
+}
+
+fn leak(s: String) -> &'static str {
+    Box::leak(s.into_boxed_str())
+}
+
+/// The Postgres source alone over the whole table, best of `ROUNDS`, with the documents
+/// of the last round (the producer bench sends them).
+async fn source_alone(cfg: &PostgresSourceConfig, name: &str, batch_size: usize, label: &'static str) -> (Figure, Vec<(String, String)>) {
+    let mut documents = Vec::new();
+    let mut best: Option<Figure> = None;
+    for _ in 0..ROUNDS {
+        let metrics = Metrics::new().pipeline(name);
+        let started = Instant::now();
+        let mut source = PostgresSource::open(cfg.clone(), name, batch_size, metrics, false).await.expect("source");
+        source.restore(None, order_cdc::timestamp::epoch()).unwrap();
+        let mut docs = Vec::new();
+        loop {
+            let batch = source.next_batch().await.expect("page");
+            for r in batch.records {
+                if let RecordBody::Document(d) = r.body {
+                    docs.push((r.key, d));
+                }
+            }
+            if batch.ends_run {
+                break;
+            }
+        }
+        let f = Figure { name: label, orders: docs.len(), bytes: docs.iter().map(|d| d.1.len()).sum(), elapsed: started.elapsed(), peak_rss: None };
+        if best.as_ref().is_none_or(|b| f.elapsed < b.elapsed) {
+            best = Some(f);
+        }
+        documents = docs;
+    }
+    (best.unwrap(), documents)
 }
 
 /// The binary end to end, best of `ROUNDS`, each from a fresh checkpoint (file or
 /// Kafka) to a fresh topic.
 fn end_to_end(config_path: &std::path::Path, name: &str, label: &'static str, env: &[(String, String)], b: &Figure) -> Figure {
     let mut best: Option<Figure> = None;
+    let mut peak_rss = 0;
     for round in 0..ROUNDS {
         let dir = tempfile::tempdir().unwrap();
-        let fresh = format!("{}-{}-{round}", std::process::id(), env.len());
+        let fresh = format!("{}-{}-{round}", std::process::id(), label.len());
         let topic = format!("bench-e2e-{fresh}");
         let started = Instant::now();
-        let status = std::process::Command::new(env!("CARGO_BIN_EXE_order-cdc"))
+        let child = std::process::Command::new(env!("CARGO_BIN_EXE_order-cdc"))
             .arg("--config")
             .arg(config_path)
             .args(["run", "--once"])
@@ -150,13 +194,34 @@ fn end_to_end(config_path: &std::path::Path, name: &str, label: &'static str, en
             .env(format!("ORDER_CDC__PIPELINES__{}__TRANSACTIONAL_ID", name.to_uppercase()), format!("order-cdc.bench-{fresh}"))
             .envs(env.iter().map(|(k, v)| (k, v)))
             .env("RUST_LOG", "warn")
-            .status()
+            .spawn()
             .unwrap();
-        assert!(status.success());
-        let f = Figure { name: label, orders: b.orders, bytes: b.bytes, elapsed: started.elapsed() };
+        let (status, max_rss_kb) = wait_with_peak_rss(child);
+        assert!(status.success(), "{label}: run --once failed ({status})");
+        peak_rss = peak_rss.max(max_rss_kb);
+        let f = Figure { name: label, orders: b.orders, bytes: b.bytes, elapsed: started.elapsed(), peak_rss: None };
         if best.as_ref().is_none_or(|a| f.elapsed < a.elapsed) {
             best = Some(f);
         }
     }
-    best.unwrap()
+    Figure { peak_rss: Some(peak_rss), ..best.unwrap() }
+}
+
+/// Waits for a child and returns its exit status and peak RSS in KB: VmHWM of
+/// /proc/<pid>/status, sampled every 10 ms while it runs (the high-water mark only grows,
+/// so the last sample misses at most the final 10 ms). getrusage's ru_maxrss would count
+/// this bench's own memory: the child carries it over from before its exec.
+fn wait_with_peak_rss(mut child: std::process::Child) -> (std::process::ExitStatus, u64) {
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak = 0;
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return (status, peak);
+        }
+        let hwm = std::fs::read_to_string(&status_file).ok().and_then(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmHWM:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        });
+        peak = peak.max(hwm.unwrap_or(0));
+        std::thread::sleep(Duration::from_millis(10));
+    }
 }

@@ -7,7 +7,7 @@
 //! cutoff. The id tie-breaker makes the order total, so any number of rows sharing one
 //! `updated_at` cross page boundaries intact.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -21,6 +21,7 @@ use super::{Batch, Record, RecordBody, Source, SourceError};
 use crate::config::{CutoffKind, PostgresSourceConfig};
 use crate::metrics::PipelineMetrics;
 use crate::store::cutoff::{self, CutoffMode, HoldLog};
+use crate::store::export::{ExportRow, ExportSql, ExportStatements};
 use crate::store::{self, document, StoreError};
 
 /// The position of a Postgres pipeline, as it is checkpointed.
@@ -74,12 +75,17 @@ struct Queries {
     next_keys: String,
     /// The documents of a page of keys.
     documents: String,
+    /// For the export document: the order query of its assembly in Rust, and the rest of
+    /// its SQL (`documents` stays as the fallback).
+    export: Option<(String, ExportSql)>,
 }
 
 /// A connection that builds documents.
 struct DocumentConnection {
     client: Client,
     statement: Statement,
+    /// The export document's assembly in Rust, when this session and the tables allow it.
+    export: Option<ExportStatements>,
 }
 
 struct Connections {
@@ -183,7 +189,18 @@ impl PostgresSource {
         for _ in 0..self.cfg.parallelism {
             let client = store::connect(&self.cfg.url, self.cfg.connect_timeout, &app).await.map_err(store_error)?;
             let statement = client.prepare(&queries.documents).await.map_err(|e| self.explain_prepare(e))?;
-            documents.push(Arc::new(DocumentConnection { client, statement }));
+            let export = match &queries.export {
+                Some((orders, sql)) => ExportStatements::prepare(&client, orders, sql).await.map_err(|e| self.explain_prepare(e))?,
+                None => None,
+            };
+            if announce && documents.is_empty() && queries.export.is_some() && export.is_none() {
+                tracing::info!(
+                    pipeline = %self.pipeline,
+                    "the columns of {} (or extra_float_digits <= 0) differ from the reference schema: PostgreSQL builds the export documents",
+                    self.cfg.table
+                );
+            }
+            documents.push(Arc::new(DocumentConnection { client, statement, export }));
         }
         let mode = match self.cfg.cutoff {
             CutoffKind::Lag => CutoffMode::Lag(self.cfg.cutoff_lag),
@@ -322,14 +339,28 @@ impl PostgresSource {
             ts_param(2)
         );
         let order = format!("\n ORDER BY t.{upd}, t.{id}");
+        let by_keys = format!(
+            "\n  FROM {table_sql} t\n WHERE t.{id} = ANY($1::text[]::{id_type}[]) AND t.{upd} < {}{filter}{order}",
+            ts_param(2)
+        );
+        let export = export
+            .then(|| {
+                // Children join on t.id; the page's keys are id_column values.
+                let order_ids = if self.cfg.id_column == "id" {
+                    format!("$1::text[]::{id_type}[]")
+                } else {
+                    format!("ARRAY(SELECT t.id FROM {table_sql} t WHERE t.{id} = ANY($1::text[]::{id_type}[]))")
+                };
+                let sql = ExportSql::new(&schema, &order_ids)?;
+                Some((format!("SELECT t.{id}::text, t.{upd}::timestamptz, {deleted}, {}{by_keys}", sql.order_columns), sql))
+            })
+            .flatten();
         Ok((
             Queries {
                 first_keys: format!("{keys}{order}\n LIMIT $3"),
                 next_keys: format!("{keys}\n   AND (t.{upd}, t.{id}) > ({}, $5::text::{id_type}){order}\n LIMIT $3", ts_param(4)),
-                documents: format!(
-                    "SELECT t.{id}::text, t.{upd}::timestamptz, ({document})::text, {deleted}\n  FROM {table_sql} t\n WHERE t.{id} = ANY($1::text[]::{id_type}[]) AND t.{upd} < {}{filter}{order}",
-                    ts_param(2)
-                ),
+                documents: format!("SELECT t.{id}::text, t.{upd}::timestamptz, ({document})::text, {deleted}{by_keys}"),
+                export,
             },
             precision,
         ))
@@ -387,9 +418,30 @@ impl PostgresSource {
             let ids: Vec<String> = keys.iter().map(|(id, _)| id.clone()).collect();
             let metrics = metrics.clone();
             tokio::spawn(async move {
+                if let Some(export) = &worker.export {
+                    let begun = Instant::now();
+                    let rows = observe(&metrics, begun, export.fetch(&worker.client, &ids, &cutoff).await)?;
+                    // Orders holding a value the assembly cannot write as PostgreSQL would are
+                    // built by the SQL builder: one more query, in its own snapshot, with the
+                    // same recheck (an order changed since is left for the next run).
+                    let exotic: Vec<String> = rows.iter().filter(|r| r.document.is_err()).map(|r| r.key.clone()).collect();
+                    let mut built: HashMap<String, Record> = HashMap::new();
+                    if !exotic.is_empty() {
+                        let begun = Instant::now();
+                        let sql = worker.client.query(&worker.statement, &[&exotic as &(dyn ToSql + Sync), &cutoff]).await;
+                        built = observe(&metrics, begun, sql)?.iter().map(sql_record).map(|r| (r.key.clone(), r)).collect();
+                    }
+                    return Ok(rows
+                        .into_iter()
+                        .filter_map(|r: ExportRow| match r.document {
+                            Ok(document) => Some(record(r.key, r.updated_at, r.deleted, document)),
+                            Err(_) => built.remove(&r.key),
+                        })
+                        .collect());
+                }
                 let begun = Instant::now();
                 let rows = worker.client.query(&worker.statement, &[&ids as &(dyn ToSql + Sync), &cutoff]).await;
-                Ok(observe(&metrics, begun, rows)?.iter().map(record).collect())
+                Ok(observe(&metrics, begun, rows)?.iter().map(sql_record).collect())
             })
         });
         let watermark = if ends_run { Some(cutoff) } else { keys.last().map(|(_, at)| *at) };
@@ -495,7 +547,7 @@ impl PostgresSource {
 }
 
 /// Counts and times one query; a transient failure drops the connections.
-fn observe(metrics: &PipelineMetrics, begun: Instant, rows: Result<Vec<Row>, tokio_postgres::Error>) -> Result<Vec<Row>, SourceError> {
+fn observe<T>(metrics: &PipelineMetrics, begun: Instant, rows: Result<T, tokio_postgres::Error>) -> Result<T, SourceError> {
     metrics.source_latency.observe(begun.elapsed().as_secs_f64());
     match rows {
         Ok(rows) => {
@@ -509,11 +561,12 @@ fn observe(metrics: &PipelineMetrics, begun: Instant, rows: Result<Vec<Row>, tok
     }
 }
 
-fn record(row: &Row) -> Record {
-    let key: String = row.get(0);
-    let updated_at: DateTime<Utc> = row.get(1);
-    let document: Option<String> = row.get(2);
-    let deleted: Option<bool> = row.get(3);
+/// A row of the documents query: key, updated_at, document, deleted.
+fn sql_record(row: &Row) -> Record {
+    record(row.get(0), row.get(1), row.get(3), row.get(2))
+}
+
+fn record(key: String, updated_at: DateTime<Utc>, deleted: Option<bool>, document: Option<String>) -> Record {
     let body = match (deleted.unwrap_or(false), document) {
         (true, _) => RecordBody::Deleted,
         (false, Some(doc)) => RecordBody::Document(doc),

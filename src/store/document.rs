@@ -70,12 +70,42 @@ pub fn array(object: &str, from: &str, order: &str) -> String {
     format!("coalesce((SELECT '[' || string_agg({object}, ',' ORDER BY {order}) || ']' FROM {from}), '[]')")
 }
 
-/// The SQL expression (over alias `t`, a row of `sales_orders`) that yields the export
-/// document as JSON text. `schema` is the quoted schema of the order table, where the
-/// child tables live too.
-pub fn export_document(schema: &str) -> String {
-    let items = array(
-        &object(&[
+/// The fields of the export document's order (alias `t`, a row of `sales_orders`), in
+/// document order; its child arrays follow them. One list serves both builders: the SQL
+/// of `export_document` and the assembly in Rust (`store::export`).
+pub const EXPORT_ORDER: &[(&str, Json<'static>)] = &[
+    ("order_id", Json::Number("t.id")),
+    ("order_number", Json::Text("t.order_number")),
+    ("status", Json::Text("t.status")),
+    ("order_status", Json::Text("t.order_status")),
+    ("total_amount", Json::Money("t.total_amount")),
+    ("total_tax", Json::Money("t.total_tax")),
+    ("total_shipping", Json::Money("t.total_shipping")),
+    ("total_paid", Json::Money("t.total_paid")),
+    ("customer_id", Json::Number("t.customer_id")),
+    ("customer_username", Json::Text("t.customer_username")),
+    ("customer_email", Json::Text("t.customer_email")),
+    ("order_date", Json::Date("t.order_date")),
+    ("created_at", Json::Timestamp("t.created_at")),
+    ("updated_at", Json::Timestamp("t.updated_at")),
+];
+
+/// A child array of the export document: the rows of `table` (alias `alias`) whose
+/// `sales_order_id` is the order's id, in `order`.
+pub struct Child {
+    pub name: &'static str,
+    pub table: &'static str,
+    pub alias: &'static str,
+    pub fields: &'static [(&'static str, Json<'static>)],
+    pub order: &'static str,
+}
+
+pub const EXPORT_CHILDREN: &[Child] = &[
+    Child {
+        name: "items",
+        table: "sales_order_items",
+        alias: "i",
+        fields: &[
             ("order_item_id", Json::Number("i.id")),
             ("sku", Json::Text("i.sku")),
             ("name", Json::Text("i.name")),
@@ -87,12 +117,14 @@ pub fn export_document(schema: &str) -> String {
             ("quantity_cancelled", Json::Number("i.quantity_cancelled")),
             ("created_at", Json::Timestamp("i.created_at")),
             ("updated_at", Json::Timestamp("i.updated_at")),
-        ]),
-        &format!("{schema}.sales_order_items i WHERE i.sales_order_id = t.id"),
-        "i.line_number, i.id",
-    );
-    let shipments = array(
-        &object(&[
+        ],
+        order: "i.line_number, i.id",
+    },
+    Child {
+        name: "shipments",
+        table: "shipments",
+        alias: "s",
+        fields: &[
             ("shipment_id", Json::Number("s.id")),
             ("carrier", Json::Text("s.carrier")),
             ("service", Json::Text("s.service")),
@@ -101,41 +133,37 @@ pub fn export_document(schema: &str) -> String {
             ("shipped_at", Json::Timestamp("s.shipped_at")),
             ("created_at", Json::Timestamp("s.created_at")),
             ("updated_at", Json::Timestamp("s.updated_at")),
-        ]),
-        &format!("{schema}.shipments s WHERE s.sales_order_id = t.id"),
-        "s.id",
-    );
-    let fulfillment_orders = array(
-        &object(&[
+        ],
+        order: "s.id",
+    },
+    Child {
+        name: "fulfillment_orders",
+        table: "fulfillment_orders",
+        alias: "f",
+        fields: &[
             ("fulfillment_order_id", Json::Number("f.id")),
             ("order_number", Json::Text("f.order_number")),
             ("status", Json::Text("f.status")),
             ("warehouse_group_id", Json::Number("f.warehouse_group_id")),
             ("created_at", Json::Timestamp("f.created_at")),
             ("updated_at", Json::Timestamp("f.updated_at")),
-        ]),
-        &format!("{schema}.fulfillment_orders f WHERE f.sales_order_id = t.id"),
-        "f.id",
-    );
-    object(&[
-        ("order_id", Json::Number("t.id")),
-        ("order_number", Json::Text("t.order_number")),
-        ("status", Json::Text("t.status")),
-        ("order_status", Json::Text("t.order_status")),
-        ("total_amount", Json::Money("t.total_amount")),
-        ("total_tax", Json::Money("t.total_tax")),
-        ("total_shipping", Json::Money("t.total_shipping")),
-        ("total_paid", Json::Money("t.total_paid")),
-        ("customer_id", Json::Number("t.customer_id")),
-        ("customer_username", Json::Text("t.customer_username")),
-        ("customer_email", Json::Text("t.customer_email")),
-        ("order_date", Json::Date("t.order_date")),
-        ("created_at", Json::Timestamp("t.created_at")),
-        ("updated_at", Json::Timestamp("t.updated_at")),
-        ("items", Json::Raw(&items)),
-        ("shipments", Json::Raw(&shipments)),
-        ("fulfillment_orders", Json::Raw(&fulfillment_orders)),
-    ])
+        ],
+        order: "f.id",
+    },
+];
+
+/// The SQL expression (over alias `t`, a row of `sales_orders`) that yields the export
+/// document as JSON text. `schema` is the quoted schema of the order table, where the
+/// child tables live too. The source assembles the same bytes in Rust (`store::export`)
+/// and keeps this as its fallback; tests keep it as the oracle.
+pub fn export_document(schema: &str) -> String {
+    let children: Vec<String> = EXPORT_CHILDREN
+        .iter()
+        .map(|c| array(&object(c.fields), &format!("{schema}.{} {a} WHERE {a}.sales_order_id = t.id", c.table, a = c.alias), c.order))
+        .collect();
+    let mut fields: Vec<(&str, Json)> = EXPORT_ORDER.to_vec();
+    fields.extend(EXPORT_CHILDREN.iter().zip(&children).map(|(c, sql)| (c.name, Json::Raw(sql))));
+    object(&fields)
 }
 
 /// Orders that are no longer active leave the export; the source turns them into

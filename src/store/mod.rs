@@ -5,6 +5,8 @@
 pub mod cutoff;
 pub mod demo;
 pub mod document;
+pub mod export;
+pub mod json_text;
 pub mod schema;
 pub mod tls;
 
