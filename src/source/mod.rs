@@ -5,6 +5,7 @@
 pub mod export_api;
 mod head;
 pub mod http;
+pub mod notify;
 pub mod orders_api;
 pub mod postgres;
 mod published;
@@ -134,6 +135,12 @@ pub trait Source: Send {
     /// Reads the next page from the read position and advances it. At the end of a run the
     /// next call starts a new run with a fresh cutoff.
     fn next_batch(&mut self) -> impl Future<Output = Result<Batch, SourceError>> + Send;
+
+    /// Notifications of committed changes that should start a run before `poll_interval`
+    /// (a Postgres source with a `notify_channel`).
+    fn wakeups(&self) -> Option<notify::Wakeups> {
+        None
+    }
 }
 
 /// The source a pipeline's configuration names (one per pipeline, so its size is moot).
@@ -155,6 +162,13 @@ impl Source for ConfiguredSource {
         match self {
             Self::Postgres(s) => s.next_batch().await,
             Self::Http(s) => s.next_batch().await,
+        }
+    }
+
+    fn wakeups(&self) -> Option<notify::Wakeups> {
+        match self {
+            Self::Postgres(s) => s.wakeups(),
+            Self::Http(s) => s.wakeups(),
         }
     }
 }

@@ -59,6 +59,17 @@ pub fn millis(span: chrono::Duration) -> Duration {
     Duration::from_millis(span.num_milliseconds().max(0) as u64)
 }
 
+/// How long after a change commits a fresh cutoff passes it, when no open transaction
+/// holds the cutoff back: the guard's margin (or the lag), plus what truncating the cutoff
+/// to the column's `precision` and the column's rounding can take off (two units).
+pub fn settle(mode: CutoffMode, precision: u16) -> Duration {
+    let below_clock = match mode {
+        CutoffMode::Xact { .. } => PUBLISH_MARGIN.to_std().unwrap_or_default(),
+        CutoffMode::Lag(lag) => lag,
+    };
+    below_clock + 2 * Duration::from_micros(10u64.pow(6 - u32::from(precision.min(6))))
+}
+
 /// The database clock.
 pub async fn clock(client: &Client) -> Result<DateTime<Utc>, StoreError> {
     Ok(client
