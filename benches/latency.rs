@@ -103,7 +103,8 @@ impl Bench {
             let (brokers, topic, events, reading) = (self.brokers.clone(), topic.clone(), events.clone(), reading.clone());
             std::thread::spawn(move || read_events(&brokers, &topic, &events, &reading))
         };
-        wait_for(&events, &[(orders[0].to_string(), warm.updated_at)], Duration::from_secs(60), dir.path());
+        let log = || std::fs::read_to_string(dir.path().join("daemon.log")).unwrap_or_default();
+        assert_eq!(wait_for(&events, &[(orders[0].to_string(), warm.updated_at)], Duration::from_secs(60)), 0, "no warm-up event; daemon log: {}", log());
 
         let probing = Arc::new(AtomicBool::new(true));
         let probe = tokio::spawn(probe(connect(&self.url).await, probing.clone()));
@@ -131,7 +132,7 @@ impl Bench {
         probing.store(false, Ordering::Relaxed);
         let looks = probe.await.unwrap();
         let keys: Vec<(String, DateTime<Utc>)> = commits.iter().map(|c| (c.order.to_string(), c.updated_at)).collect();
-        wait_for(&events, &keys, Duration::from_secs(60), dir.path());
+        let missing = wait_for(&events, &keys, Duration::from_secs(60));
         reading.store(false, Ordering::Relaxed);
         reader.join().unwrap();
         drop(daemon);
@@ -153,6 +154,10 @@ impl Bench {
             latencies.last().unwrap()
         );
         print_race(&commits, &looks);
+        for c in commits.iter().filter(|c| !published.contains_key(&(c.order.to_string(), c.updated_at))) {
+            println!("  MISSING order {} updated_at {} committed {} xid {}", c.order, c.updated_at, c.committed, c.xid);
+        }
+        assert_eq!(missing, 0, "{missing} updates have no event; daemon log: {}", log());
     }
 }
 
@@ -231,8 +236,9 @@ fn read_events(brokers: &str, topic: &str, events: &Mutex<Vec<(String, DateTime<
     }
 }
 
-/// Waits until every (key, updated_at) has an event, or panics naming how many have not.
-fn wait_for(events: &Mutex<Vec<(String, DateTime<Utc>, i64)>>, keys: &[(String, DateTime<Utc>)], deadline: Duration, dir: &Path) {
+/// Waits until every (key, updated_at) has an event, for at most `deadline`; returns how
+/// many have none.
+fn wait_for(events: &Mutex<Vec<(String, DateTime<Utc>, i64)>>, keys: &[(String, DateTime<Utc>)], deadline: Duration) -> usize {
     let end = Instant::now() + deadline;
     loop {
         let missing = {
@@ -240,10 +246,9 @@ fn wait_for(events: &Mutex<Vec<(String, DateTime<Utc>, i64)>>, keys: &[(String, 
             let seen: std::collections::HashSet<(&str, DateTime<Utc>)> = events.iter().map(|(k, at, _)| (k.as_str(), *at)).collect();
             keys.iter().filter(|(k, at)| !seen.contains(&(k.as_str(), *at))).count()
         };
-        if missing == 0 {
-            return;
+        if missing == 0 || Instant::now() >= end {
+            return missing;
         }
-        assert!(Instant::now() < end, "{missing} of {} updates have no event after {deadline:?}; daemon log: {}", keys.len(), std::fs::read_to_string(dir.join("daemon.log")).unwrap_or_default());
         std::thread::sleep(Duration::from_millis(50));
     }
 }

@@ -23,16 +23,16 @@ use super::StoreError;
 /// (`StartTransaction` → `pgstat_report_xact_timestamp`). A cutoff whose clock is read in
 /// that moment does not see it being held back by that transaction.
 ///
-/// Why 25 ms: that moment is CPU work only (a memory context, a resource owner, the
-/// backend's own virtual-xid lock; no I/O, no lock another session holds), microseconds
-/// long. A backend stays in it longer only when the kernel takes its CPU away, and a
-/// runnable task gets one back within the scheduler's period (CFS: 6 ms × (1 + log2 CPUs),
-/// 24 ms at most). Measured with `benches/latency.rs`'s probe (a run's three reads, again
-/// and again, beside 1,000 updates/s on a loaded two-core machine): of thousands of
-/// updates caught in flight, none had started before the clock and not shown in the view.
-/// A PostgreSQL throttled by a cgroup CPU quota can be held off-CPU for the quota period
-/// (100 ms by default): README says so ("The late-commit guard").
-const PUBLISH_MARGIN: chrono::Duration = chrono::Duration::milliseconds(25);
+/// Why 100 ms and not less: that moment is CPU work only (a memory context, a resource
+/// owner, the backend's own virtual-xid lock; no I/O, no lock another session holds), so
+/// it lasts longer only while the kernel has taken the backend's CPU away, and that has no
+/// bound on a loaded host. `benches/latency.rs` measures it with a probe (a run's three
+/// reads, again and again, beside 1,000 updates/s): on this two-core machine at load 8,
+/// of 6,594 updates caught in flight one had started before the clock and was not yet in
+/// the view, 207 µs before it; and with a 25 ms margin one update of 20,000 never reached
+/// the topic, which wake-ups make likelier (a run, and so a chance to lose, every few
+/// tens of ms instead of every `poll_interval`). Latency is won by waking runs instead.
+const PUBLISH_MARGIN: chrono::Duration = chrono::Duration::milliseconds(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CutoffMode {
