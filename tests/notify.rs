@@ -58,69 +58,73 @@ async fn listener_pid(client: &tokio_postgres::Client, not: Option<i32>) -> i32 
     }
 }
 
-async fn update(client: &tokio_postgres::Client, order: i64, status: &str) {
-    client.execute("UPDATE sales_orders SET order_status = $1 WHERE id = $2", &[&status, &order]).await.unwrap();
+/// A slow-polling daemon over 20 orders, past its first run, with its listener up.
+struct Running {
+    db: TestDb,
+    client: tokio_postgres::Client,
+    topic: String,
+    setup: Setup,
+    daemon: Child,
+    tail: TopicTail,
+    listener: i32,
+}
+
+impl Running {
+    async fn start(prefix: &str) -> Self {
+        let (db, client) = TestDb::migrated().await;
+        insert_orders(&client, 1, 20, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
+        let topic = unique(prefix);
+        let setup = Setup::new(&Pipeline::new(&db.url, &topic));
+        let daemon = spawn_slow_poller(&setup);
+        wait_until("the first run", DEADLINE, || read_topic(&topic).len() == 20);
+        let mut tail = TopicTail::new(&topic);
+        tail.read_new();
+        let listener = listener_pid(&client, None).await;
+        Self { db, client, topic, setup, daemon, tail, listener }
+    }
+
+    /// Changes an order and waits for its event; how long that took.
+    async fn change(&mut self, order: i64, status: &str) -> Duration {
+        self.client.execute("UPDATE sales_orders SET order_status = $1 WHERE id = $2", &[&status, &order]).await.unwrap();
+        wait_for_event(&mut self.tail, &order.to_string(), status, &self.setup)
+    }
+
+    /// Stops the daemon; the topic's latest event of every order is its document.
+    async fn stop_and_compare(mut self) {
+        terminate(&self.daemon);
+        wait_for_exit(&mut self.daemon, DEADLINE, "order-cdc", || self.setup.log());
+        let latest = latest_by_key(&read_topic(&self.topic));
+        for (id, doc) in export_documents(&self.client).await {
+            assert_eq!(latest[&id].text(), doc, "order {id}");
+        }
+        self.db.drop_db().await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn a_change_goes_out_long_before_the_poll_interval() {
-    let (db, client) = TestDb::migrated().await;
-    insert_orders(&client, 1, 20, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
-    let topic = unique("notify");
-    let setup = Setup::new(&Pipeline::new(&db.url, &topic));
-    let mut daemon = spawn_slow_poller(&setup);
-    wait_until("the first run", DEADLINE, || read_topic(&topic).len() == 20);
-    let mut tail = TopicTail::new(&topic);
-    tail.read_new();
-    listener_pid(&client, None).await;
-
-    update(&client, 7, "woken").await;
-    let took = wait_for_event(&mut tail, "7", "woken", &setup);
+    let mut running = Running::start("notify").await;
+    let took = running.change(7, "woken").await;
     println!("an update with poll_interval = {POLL_INTERVAL} went out in {took:?}");
     // A second change, after the woken run: the listener keeps waking runs.
-    update(&client, 8, "woken-again").await;
-    wait_for_event(&mut tail, "8", "woken-again", &setup);
-
-    terminate(&daemon);
-    wait_for_exit(&mut daemon, DEADLINE, "order-cdc", || setup.log());
-    let latest = latest_by_key(&read_topic(&topic));
-    for (id, doc) in export_documents(&client).await {
-        assert_eq!(latest[&id].text(), doc, "order {id}");
-    }
-    db.drop_db().await;
+    running.change(8, "woken-again").await;
+    running.stop_and_compare().await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn losing_the_listener_loses_no_change_and_it_reconnects() {
-    let (db, client) = TestDb::migrated().await;
-    insert_orders(&client, 1, 20, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
-    let topic = unique("notify-loss");
-    let setup = Setup::new(&Pipeline::new(&db.url, &topic));
-    let mut daemon = spawn_slow_poller(&setup);
-    wait_until("the first run", DEADLINE, || read_topic(&topic).len() == 20);
-    let mut tail = TopicTail::new(&topic);
-    tail.read_new();
-    let first = listener_pid(&client, None).await;
-
-    // Changed while the listener is gone: its notification reaches nobody.
-    let terminated: bool = client.query_one("SELECT pg_terminate_backend($1)", &[&first]).await.unwrap().get(0);
+    let mut running = Running::start("notify-loss").await;
+    let first = running.listener;
+    let terminated: bool = running.client.query_one("SELECT pg_terminate_backend($1)", &[&first]).await.unwrap().get(0);
     assert!(terminated);
-    update(&client, 3, "while-deaf").await;
-    let second = listener_pid(&client, Some(first)).await;
-    wait_for_event(&mut tail, "3", "while-deaf", &setup);
+    // Changed at once, while the listener is most likely gone: its notification reaches
+    // nobody, and the change still arrives.
+    running.change(3, "while-deaf").await;
+    listener_pid(&running.client, Some(first)).await;
     // And the new listener wakes runs as the first did.
-    update(&client, 4, "heard-again").await;
-    wait_for_event(&mut tail, "4", "heard-again", &setup);
-    assert!(setup.log().contains("change-notification listener lost its connection"), "{}", setup.log());
-    assert_ne!(first, second);
-
-    terminate(&daemon);
-    wait_for_exit(&mut daemon, DEADLINE, "order-cdc", || setup.log());
-    let latest = latest_by_key(&read_topic(&topic));
-    for (id, doc) in export_documents(&client).await {
-        assert_eq!(latest[&id].text(), doc, "order {id}");
-    }
-    db.drop_db().await;
+    running.change(4, "heard-again").await;
+    assert!(running.setup.log().contains("change-notification listener lost its connection"), "{}", running.setup.log());
+    running.stop_and_compare().await;
 }
 
 #[test]

@@ -30,8 +30,9 @@ use super::StoreError;
 /// reads, again and again, beside 1,000 updates/s): on this two-core machine at load 8,
 /// of 6,594 updates caught in flight one had started before the clock and was not yet in
 /// the view, 207 µs before it; and with a 25 ms margin one update of 20,000 never reached
-/// the topic, which wake-ups make likelier (a run, and so a chance to lose, every few
-/// tens of ms instead of every `poll_interval`). Latency is won by waking runs instead.
+/// the topic (that run kept no detail; this race is the one cause found), which wake-ups
+/// make likelier (a run, and so a chance to lose, every few tens of ms instead of every
+/// `poll_interval`). Latency is won by waking runs at the right moment instead.
 const PUBLISH_MARGIN: chrono::Duration = chrono::Duration::milliseconds(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
