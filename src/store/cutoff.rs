@@ -27,9 +27,9 @@ use super::StoreError;
 /// owner, the backend's own virtual-xid lock; no I/O, no lock another session holds), so
 /// it lasts longer only while the kernel has taken the backend's CPU away, and that has no
 /// bound on a loaded host. `benches/latency.rs` measures it with a probe (a run's three
-/// reads, again and again, beside 1,000 updates/s): on this two-core machine at load 8,
-/// of 6,594 updates caught in flight one had started before the clock and was not yet in
-/// the view, 207 µs before it; and with a 25 ms margin one update of 20,000 never reached
+/// reads, again and again, beside 1,000 updates/s): on this two-core machine at load 5
+/// to 8, of 15,818 updates caught in flight three had started before the clock and were
+/// not yet in the view, 207 to 367 µs before it; and with a 25 ms margin one update of 20,000 never reached
 /// the topic (that run kept no detail; this race is the one cause found), which wake-ups
 /// make likelier (a run, and so a chance to lose, every few tens of ms instead of every
 /// `poll_interval`). Latency is won by waking runs at the right moment instead.
