@@ -12,9 +12,12 @@ use super::StoreError;
 
 /// Appended to, never edited: a deployed database has run the earlier entries.
 const MIGRATIONS: &[(i32, &str, &str)] = &[
-        (1, "reference schema", V1), (2, "default order numbers", V2), (3, "wholesale orders (seed 002)", V3), (4, "webstore orders (seed 003)", V4),
-        (5, "change notifications", V5),
-    ];
+    (1, "reference schema", V1),
+    (2, "default order numbers", V2),
+    (3, "wholesale orders (seed 002)", V3),
+    (4, "webstore orders (seed 003)", V4),
+    (5, "change notifications", V5),
+];
 
 const V1: &str = r#"
 CREATE TABLE companies (
