@@ -3,7 +3,9 @@
 #   cargo bench --bench end_to_end: order-cdc end to end next to the document query alone
 #     and the raw rdkafka producer, in the same run;
 #   cargo bench --bench serve: the export endpoint next to its raw page queries, and the
-#     export_api and orders_api sources next to a plain client of the same listing.
+#     export_api and orders_api sources next to a plain client of the same listing;
+#   cargo bench --bench latency: commit-to-Kafka latency (p50, p99, max) of order-cdc run at
+#     its defaults under 1,000 updates/s, with change notifications and without.
 #   BENCH_ORDERS=200000 scripts/bench.sh
 #   BENCH_SSLMODE=require scripts/bench.sh   (loopback without TLS by default; see README)
 set -euo pipefail
@@ -47,4 +49,4 @@ echo "loading $ORDERS orders..."
 target/release/order-cdc --config "$CONFIG" demo-load --orders "$ORDERS" --items-per-order 3
 psql "$URL" -qc "VACUUM ANALYZE"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/ {print $2}') GiB; $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)"
-ORDER_CDC_BENCH_CONFIG="$CONFIG" cargo bench --locked --bench end_to_end --bench serve
+ORDER_CDC_BENCH_CONFIG="$CONFIG" cargo bench --locked --bench end_to_end --bench serve --bench latency

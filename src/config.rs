@@ -567,6 +567,13 @@ pub struct PostgresSourceConfig {
     #[serde(default = "default_connect_timeout", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
     #[schemars(with = "Period")]
     pub connect_timeout: Duration,
+    /// The channel a trigger notifies on every committed change: the source LISTENs on it
+    /// and starts a run as soon as the change can be read, `poll_interval` staying the
+    /// fallback. Default: the reference schema's channel (`order_cdc_sales_orders`, which
+    /// `order-cdc migrate` installs) when the document is the export document, else none;
+    /// `""` turns wake-ups off.
+    #[serde(default)]
+    pub notify_channel: Option<String>,
 }
 
 fn default_table() -> String {
@@ -698,6 +705,14 @@ impl Config {
                     if !(1..=16).contains(&s.parallelism) {
                         return Err(invalid(key("source.parallelism"), "must be between 1 and 16"));
                     }
+                    if let Some(channel) = s.notify_channel.as_deref().filter(|c| !c.is_empty()) {
+                        if !is_channel_name(channel) {
+                            return Err(invalid(
+                                key("source.notify_channel"),
+                                format!("{channel:?} is not a channel name: 1 to 63 letters, digits and '_', not starting with a digit (or \"\" for no wake-ups)"),
+                            ));
+                        }
+                    }
                     for (k, v) in [("table", &s.table), ("id_column", &s.id_column), ("updated_at_column", &s.updated_at_column)] {
                         if v.trim().is_empty() {
                             return Err(invalid(key(&format!("source.{k}")), "must not be empty"));
@@ -752,6 +767,12 @@ impl Config {
     pub fn database_url(&self) -> Result<&SecretUrl, ConfigError> {
         self.database.as_ref().map(|d| &d.url).ok_or_else(|| invalid("database.url", "missing (the database that migrate works on)"))
     }
+}
+
+/// A LISTEN channel the source can name as it is (it is quoted, so case is kept): an
+/// identifier PostgreSQL does not truncate.
+fn is_channel_name(name: &str) -> bool {
+    name.len() <= 63 && is_sql_name(name) && !name.contains('.')
 }
 
 /// A table name the postgres checkpoint store can put into SQL as it is: one or two
@@ -830,6 +851,18 @@ url = "postgres://u:secret@127.0.0.1/db"
         assert!(!e.contains("secret"), "{e}");
         let e = err(&format!("[checkpoint]\nstore = \"kafka\"\n{PIPELINE}"));
         assert!(e.contains("checkpoint.store") && e.contains("pipelines.orders is at_least_once"), "{e}");
+    }
+
+    #[test]
+    fn a_notify_channel_is_a_plain_name_or_empty() {
+        let with = |line: &str| PIPELINE.replace("kind = \"postgres\"", &format!("kind = \"postgres\"\n{line}"));
+        for bad in ["notify_channel = \"orders changed\"", "notify_channel = \"1orders\"", "notify_channel = \"a.b\"", &format!("notify_channel = \"{}\"", "c".repeat(64))] {
+            let e = err(&with(bad));
+            assert!(e.contains("pipelines.orders.source.notify_channel") && e.contains("not a channel name"), "{bad}: {e}");
+        }
+        for good in ["notify_channel = \"Orders_2\"", "notify_channel = \"\""] {
+            load_str(&with(good)).unwrap();
+        }
     }
 
     #[test]

@@ -138,7 +138,7 @@ impl<S: Source, K: TransactionalSink, C: CheckpointStore> Pipeline<S, K, C> {
     async fn attempt(&mut self, once: bool, shutdown: Shutdown) -> Result<(), PipelineError> {
         let checkpoint = checkpoint::load_for(&self.store, &self.name, &self.source_identity).await?;
         self.source.restore(checkpoint.as_ref().map(|c| &c.position), self.settings.initial_since)?;
-        let runs = Runs::new(&self.settings, &self.metrics, once, shutdown);
+        let runs = Runs::new(&self.settings, &self.metrics, once, shutdown, self.source.wakeups());
         let target = CommitContext { pipeline: &self.name, source_identity: &self.source_identity, metrics: &self.metrics };
         match self.settings.delivery {
             Delivery::AtLeastOnce => at_least_once::attempt(&mut self.source, &self.sink, &self.store, target, runs).await,

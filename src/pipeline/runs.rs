@@ -1,7 +1,8 @@
 //! Fetching batches run after run, shared by both delivery modes: transient source errors
 //! are retried in place (with `Retry-After` or backoff), a batch with a bad record is
-//! refused under `on_bad_record = "fail"`, runs are paced by `poll_interval`, and a long
-//! run reports its progress (`progress.rs`).
+//! refused under `on_bad_record = "fail"`, runs are paced by `poll_interval` or started
+//! sooner by the source's change notifications (`source::notify`), and a long run
+//! reports its progress (`progress.rs`).
 
 use std::time::Instant;
 
@@ -11,6 +12,7 @@ use crate::backoff::Backoff;
 use crate::config::OnBadRecord;
 use crate::metrics::PipelineMetrics;
 use crate::shutdown::Shutdown;
+use crate::source::notify::Wakeups;
 use crate::source::{Batch, RecordBody, Source};
 
 pub(super) struct Runs<'a> {
@@ -21,12 +23,13 @@ pub(super) struct Runs<'a> {
     backoff: Backoff,
     started: Instant,
     progress: Progress,
+    wakeups: Option<Wakeups>,
 }
 
 impl<'a> Runs<'a> {
-    pub(super) fn new(settings: &'a Settings, metrics: &'a PipelineMetrics, once: bool, shutdown: Shutdown) -> Self {
+    pub(super) fn new(settings: &'a Settings, metrics: &'a PipelineMetrics, once: bool, shutdown: Shutdown, wakeups: Option<Wakeups>) -> Self {
         let progress = Progress::new(settings.progress_interval);
-        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now(), progress }
+        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now(), progress, wakeups }
     }
 
     /// The next batch; `None` once shutdown is asked for.
@@ -70,7 +73,8 @@ impl<'a> Runs<'a> {
 
     /// After a batch is handed over: whether to go on. At the end of a run, `--once` is
     /// done once a run that covers the source's start has ended; otherwise the next run
-    /// starts a poll interval after this one started.
+    /// starts a poll interval after this one started, or as soon as it can read a change
+    /// notified since.
     pub(super) async fn go_on(&mut self, ends_run: bool, covers_start: bool) -> bool {
         if !ends_run {
             return true;
@@ -79,7 +83,20 @@ impl<'a> Runs<'a> {
         if self.once && covers_start {
             return false;
         }
-        let next = self.started + self.settings.poll_interval;
+        let poll = self.started + self.settings.poll_interval;
+        let next = match &self.wakeups {
+            None => poll,
+            Some(wakeups) => loop {
+                if let Some(due) = wakeups.due(self.started) {
+                    break due.min(poll);
+                }
+                tokio::select! {
+                    _ = tokio::time::sleep_until(poll.into()) => break poll,
+                    _ = wakeups.notified() => {}
+                    _ = self.shutdown.wait() => return false,
+                }
+            },
+        };
         tokio::select! {
             _ = tokio::time::sleep_until(next.into()) => {}
             _ = self.shutdown.wait() => return false,

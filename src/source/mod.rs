@@ -5,6 +5,7 @@
 pub mod export_api;
 mod head;
 pub mod http;
+pub mod notify;
 pub mod orders_api;
 pub mod postgres;
 mod published;
@@ -142,6 +143,12 @@ pub trait Source: Send {
     fn backlog(&mut self) -> impl Future<Output = Option<u64>> + Send {
         std::future::ready(None)
     }
+
+    /// Notifications of committed changes that should start a run before `poll_interval`
+    /// (a Postgres source with a `notify_channel`).
+    fn wakeups(&self) -> Option<notify::Wakeups> {
+        None
+    }
 }
 
 /// The source a pipeline's configuration names (one per pipeline, so its size is moot).
@@ -170,6 +177,13 @@ impl Source for ConfiguredSource {
         match self {
             Self::Postgres(s) => s.backlog().await,
             Self::Http(s) => s.backlog().await,
+        }
+    }
+
+    fn wakeups(&self) -> Option<notify::Wakeups> {
+        match self {
+            Self::Postgres(s) => s.wakeups(),
+            Self::Http(s) => s.wakeups(),
         }
     }
 }

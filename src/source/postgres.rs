@@ -17,12 +17,13 @@ use tokio_postgres::types::ToSql;
 use tokio::task::JoinHandle;
 use tokio_postgres::{Client, Row, Statement};
 
+use super::notify::{self, Listener, Wakeups};
 use super::{Batch, Record, RecordBody, Source, SourceError};
 use crate::config::{CutoffKind, PostgresSourceConfig};
 use crate::metrics::PipelineMetrics;
 use crate::store::cutoff::{self, CutoffMode, HoldLog};
 use crate::store::export::{ExportRow, ExportSql, ExportStatements};
-use crate::store::{self, document, StoreError};
+use crate::store::{self, document, schema, StoreError};
 
 /// The position of a Postgres pipeline, as it is checkpointed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -144,6 +145,8 @@ pub struct PostgresSource {
     holds: HoldLog,
     in_flight: VecDeque<PendingPage>,
     metrics: PipelineMetrics,
+    /// Change notifications (`notify_channel`) and the task that listens for them.
+    wakeups: Option<(Wakeups, Listener)>,
 }
 
 /// How often `--once` looks again at a transaction that holds its cutoff back.
@@ -170,12 +173,40 @@ impl PostgresSource {
             holds: HoldLog::default(),
             in_flight: VecDeque::new(),
             metrics,
+            wakeups: None,
         };
         source.connect(true).await?;
         let conn = source.conn.as_ref().expect("connected above");
         source.start = cutoff::clock(&conn.keys).await.map_err(store_error)?;
         source.covering = cutoff::covering(source.start, conn.precision);
+        // `run --once` stops after its runs; it has nothing to wake.
+        if let (Some(channel), false) = (source.notify_channel(), once) {
+            let wakeups = Wakeups::new(cutoff::settle(conn.mode, conn.precision));
+            let listener = notify::listen(
+                notify::Channel {
+                    url: source.cfg.url.clone(),
+                    connect_timeout: source.cfg.connect_timeout,
+                    name: channel,
+                    application_name: format!("order-cdc/{}/listen", source.pipeline),
+                },
+                wakeups.clone(),
+            );
+            source.wakeups = Some((wakeups, listener));
+        }
         Ok(source)
+    }
+
+    /// The channel to LISTEN on: the configured one (`""`: none), else the reference
+    /// schema's when the documents are its export documents.
+    fn notify_channel(&self) -> Option<String> {
+        match self.cfg.notify_channel.as_deref() {
+            Some("") => None,
+            Some(channel) => Some(channel.to_string()),
+            None if unqualified(&self.cfg.table) == "sales_orders" && matches!(self.cfg.document.as_deref(), None | Some("export")) => {
+                Some(schema::NOTIFY_CHANNEL.to_string())
+            }
+            None => None,
+        }
     }
 
     async fn connect(&mut self, announce: bool) -> Result<(), SourceError> {
@@ -643,5 +674,9 @@ impl Source for PostgresSource {
 
     async fn backlog(&mut self) -> Option<u64> {
         self.estimate_backlog().await
+    }
+
+    fn wakeups(&self) -> Option<Wakeups> {
+        self.wakeups.as_ref().map(|(w, _)| w.clone())
     }
 }

@@ -14,9 +14,25 @@ use tokio_postgres::Client;
 
 use super::StoreError;
 
-/// A backend takes its transaction's start time a moment before it publishes it in
-/// pg_stat_activity. The cutoff stays this far below the clock so that a transaction in
-/// that moment is still covered.
+/// How far the cutoff stays below the clock, for a transaction whose start the activity
+/// view does not show yet.
+///
+/// Why it is needed: a backend takes its transaction's start time (`now()`, which becomes
+/// `updated_at`) when a statement arrives (`SetCurrentStatementStartTimestamp` in
+/// `PostgresMain`) and shows it in pg_stat_activity a moment later
+/// (`StartTransaction` → `pgstat_report_xact_timestamp`). A cutoff whose clock is read in
+/// that moment does not see it being held back by that transaction.
+///
+/// Why 100 ms and not less: that moment is CPU work only (a memory context, a resource
+/// owner, the backend's own virtual-xid lock; no I/O, no lock another session holds), so
+/// it lasts longer only while the kernel has taken the backend's CPU away, and that has no
+/// bound on a loaded host. `benches/latency.rs` measures it with a probe (a run's three
+/// reads, again and again, beside 1,000 updates/s): on this two-core machine at load 5
+/// to 8, of 15,818 updates caught in flight three had started before the clock and were
+/// not yet in the view, 207 to 367 µs before it; and with a 25 ms margin one update of 20,000 never reached
+/// the topic (that run kept no detail; this race is the one cause found), which wake-ups
+/// make likelier (a run, and so a chance to lose, every few tens of ms instead of every
+/// `poll_interval`). Latency is won by waking runs at the right moment instead.
 const PUBLISH_MARGIN: chrono::Duration = chrono::Duration::milliseconds(100);
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,6 +73,17 @@ impl OpenTransaction {
 /// A span of the database clock, to the millisecond, for logs (never negative).
 pub fn millis(span: chrono::Duration) -> Duration {
     Duration::from_millis(span.num_milliseconds().max(0) as u64)
+}
+
+/// How long after a change commits a fresh cutoff passes it, when no open transaction
+/// holds the cutoff back: the guard's margin (or the lag), plus what truncating the cutoff
+/// to the column's `precision` and the column's rounding can take off (two units).
+pub fn settle(mode: CutoffMode, precision: u16) -> Duration {
+    let below_clock = match mode {
+        CutoffMode::Xact { .. } => PUBLISH_MARGIN.to_std().unwrap_or_default(),
+        CutoffMode::Lag(lag) => lag,
+    };
+    below_clock + 2 * Duration::from_micros(10u64.pow(6 - u32::from(precision.min(6))))
 }
 
 /// The database clock.

@@ -30,6 +30,9 @@ pub enum StoreError {
     /// A TLS setting that cannot work (an unreadable `sslrootcert`).
     #[error("{0}")]
     Tls(String),
+    /// The server closed a connection without an error (while the named work went on).
+    #[error("{0}: the server closed the connection")]
+    Closed(&'static str),
 }
 
 impl StoreError {
@@ -42,7 +45,7 @@ impl StoreError {
     /// are worth retrying; a missing table or a bad expression is not.
     pub fn is_retriable(&self) -> bool {
         match self {
-            Self::Connect { .. } | Self::ConnectTimeout { .. } => true,
+            Self::Connect { .. } | Self::ConnectTimeout { .. } | Self::Closed(_) => true,
             Self::Db { source, .. } => is_transient(source),
             Self::Schema(_) | Self::Tls(_) => false,
         }
@@ -83,26 +86,42 @@ pub fn is_transient(e: &tokio_postgres::Error) -> bool {
     }
 }
 
-/// Connects with a deadline, sets the session up (UTC, an application name a DBA can see
-/// in pg_stat_activity) and drives the connection in the background.
-pub async fn connect(url: &SecretUrl, timeout: Duration, application_name: &str) -> Result<Client, StoreError> {
+/// A connection whose messages its owner polls itself (the notification listener reads
+/// them; `connect` merely drives it).
+pub type Connection = tokio_postgres::Connection<
+    tokio_postgres::Socket,
+    <tokio_postgres_rustls::MakeRustlsConnect as tokio_postgres::tls::MakeTlsConnect<tokio_postgres::Socket>>::Stream,
+>;
+
+/// Opens a connection with a deadline; the caller must drive `Connection`.
+pub async fn open(url: &SecretUrl, timeout: Duration) -> Result<(Client, Connection), StoreError> {
     let target = url.redacted();
     let (config, tls) = tls::connector(url)?;
-    let connecting = config.connect(tls);
-    let (client, connection) = match tokio::time::timeout(timeout, connecting).await {
-        Err(_) => return Err(StoreError::ConnectTimeout { target, timeout }),
-        Ok(Err(source)) => return Err(StoreError::Connect { target, source }),
-        Ok(Ok(pair)) => pair,
-    };
+    match tokio::time::timeout(timeout, config.connect(tls)).await {
+        Err(_) => Err(StoreError::ConnectTimeout { target, timeout }),
+        Ok(Err(source)) => Err(StoreError::Connect { target, source }),
+        Ok(Ok(pair)) => Ok(pair),
+    }
+}
+
+/// Sets a session up: UTC, and an application name a DBA can see in pg_stat_activity.
+pub async fn set_up(client: &Client, application_name: &str) -> Result<(), StoreError> {
+    let setup = format!(
+        "SET TIME ZONE 'UTC'; SET application_name = '{}'",
+        application_name.replace('\'', "''")
+    );
+    client.batch_execute(&setup).await.map_err(StoreError::db("setting up the session"))
+}
+
+/// Connects with a deadline, sets the session up and drives the connection in the
+/// background.
+pub async fn connect(url: &SecretUrl, timeout: Duration, application_name: &str) -> Result<Client, StoreError> {
+    let (client, connection) = open(url, timeout).await?;
     tokio::spawn(async move {
         if let Err(e) = connection.await {
             tracing::debug!(error = %e, "PostgreSQL connection ended");
         }
     });
-    let setup = format!(
-        "SET TIME ZONE 'UTC'; SET application_name = '{}'",
-        application_name.replace('\'', "''")
-    );
-    client.batch_execute(&setup).await.map_err(StoreError::db("setting up the session"))?;
+    set_up(&client, application_name).await?;
     Ok(client)
 }

@@ -11,8 +11,13 @@ use tokio_postgres::Client;
 use super::StoreError;
 
 /// Appended to, never edited: a deployed database has run the earlier entries.
-const MIGRATIONS: &[(i32, &str, &str)] =
-    &[(1, "reference schema", V1), (2, "default order numbers", V2), (3, "wholesale orders (seed 002)", V3), (4, "webstore orders (seed 003)", V4)];
+const MIGRATIONS: &[(i32, &str, &str)] = &[
+    (1, "reference schema", V1),
+    (2, "default order numbers", V2),
+    (3, "wholesale orders (seed 002)", V3),
+    (4, "webstore orders (seed 003)", V4),
+    (5, "change notifications", V5),
+];
 
 const V1: &str = r#"
 CREATE TABLE companies (
@@ -329,6 +334,29 @@ CREATE TRIGGER sales_order_item_taxes_touch_order AFTER INSERT OR UPDATE OR DELE
     FOR EACH ROW EXECUTE FUNCTION order_cdc_touch_order();
 CREATE TRIGGER sales_order_payments_touch_order AFTER INSERT OR UPDATE OR DELETE ON sales_order_payments
     FOR EACH ROW EXECUTE FUNCTION order_cdc_touch_order();
+"#;
+
+/// The channel the reference schema notifies on every committed change of an order.
+pub const NOTIFY_CHANNEL: &str = "order_cdc_sales_orders";
+
+/// Wake-ups for the Postgres source (`notify_channel`): a committed change of an order
+/// notifies `order_cdc_sales_orders`, so a pipeline reads it at once instead of at its next
+/// `poll_interval`. A child's change is an `UPDATE sales_orders` by the touch trigger, so
+/// the one trigger on `sales_orders` covers the children too.
+///
+/// Statement-level and with an empty payload: one notification per statement at most,
+/// and PostgreSQL folds identical notifications of one transaction into one, so a bulk
+/// update costs one notification. NOTIFY is delivered at commit (never for a rolled-back
+/// change); what it carries does not matter, the source reads its window as always.
+const V5: &str = r#"
+CREATE FUNCTION order_cdc_notify() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('order_cdc_sales_orders', '');
+    RETURN NULL;
+END $$;
+
+CREATE TRIGGER sales_orders_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE ON sales_orders
+    FOR EACH STATEMENT EXECUTE FUNCTION order_cdc_notify();
 "#;
 
 /// Applies every migration the database has not run yet; returns the ones applied.
