@@ -128,15 +128,24 @@ async fn bench(config_path: std::path::PathBuf) {
     a.print();
     let floor = b.rate().min(c.rate());
     println!("ratio a / min(b, c) = {:.2}", a.rate() / floor);
+    println!("ratio a / serial(b, c) = {:.2}", a.rate() / serial(&b, &c));
     x.print();
     println!("ratio x / a = {:.2}", x.rate() / a.rate());
     for (short, b_k, a_k) in &others {
         b_k.print();
         a_k.print();
         println!("ratio a_{short} / min(b_{short}, c) = {:.2}", a_k.rate() / b_k.rate().min(c.rate()));
+        println!("ratio a_{short} / serial(b_{short}, c) = {:.2}", a_k.rate() / serial(b_k, &c));
     }
     let sql = &others[0].1;
     println!("ratio b / b_sql (export document: Rust assembly over PostgreSQL's JSON) = {:.2}", b.rate() / sql.rate());
+}
+
+/// The rate of b and c one after the other, 1 / (1/b + 1/c): what end to end reaches when
+/// the two stages share every core and overlap perfectly (each alone keeps both cores
+/// busy: PostgreSQL in b, the broker and librdkafka in c). Above 1: idle time overlapped.
+fn serial(b: &Figure, c: &Figure) -> f64 {
+    1.0 / (1.0 / b.rate() + 1.0 / c.rate())
 }
 
 fn leak(s: String) -> &'static str {
