@@ -89,12 +89,47 @@ struct DocumentConnection {
     export: Option<ExportStatements>,
 }
 
+impl DocumentConnection {
+    /// The records of a page of keys, each order rechecked below `cutoff`: assembled in
+    /// Rust when this connection can, else built by PostgreSQL.
+    async fn documents(&self, ids: &[String], cutoff: DateTime<Utc>, metrics: &PipelineMetrics) -> Result<Vec<Record>, SourceError> {
+        let Some(export) = &self.export else {
+            return self.built_by_sql(ids, cutoff, metrics).await;
+        };
+        let begun = Instant::now();
+        let rows = observe(metrics, begun, export.fetch(&self.client, ids, &cutoff).await)?;
+        // Orders holding a value the assembly cannot write as PostgreSQL would are built
+        // by the SQL builder: one more query, in its own snapshot, with the same recheck
+        // (an order changed since is left for the next run).
+        let exotic: Vec<String> = rows.iter().filter(|r| r.document.is_err()).map(|r| r.key.clone()).collect();
+        let mut built: HashMap<String, Record> = HashMap::new();
+        if !exotic.is_empty() {
+            built = self.built_by_sql(&exotic, cutoff, metrics).await?.into_iter().map(|r| (r.key.clone(), r)).collect();
+        }
+        Ok(rows
+            .into_iter()
+            .filter_map(|r: ExportRow| match r.document {
+                Ok(document) => Some(record(r.key, r.updated_at, r.deleted, document)),
+                Err(_) => built.remove(&r.key),
+            })
+            .collect())
+    }
+
+    /// The records of these keys with the documents PostgreSQL builds.
+    async fn built_by_sql(&self, ids: &[String], cutoff: DateTime<Utc>, metrics: &PipelineMetrics) -> Result<Vec<Record>, SourceError> {
+        let begun = Instant::now();
+        let rows = self.client.query(&self.statement, &[&ids as &(dyn ToSql + Sync), &cutoff]).await;
+        Ok(observe(metrics, begun, rows)?.iter().map(sql_record).collect())
+    }
+}
+
 struct Connections {
     /// The key walk's own connection, so it never queues behind a document query.
     keys: Client,
     first_keys: Statement,
     next_keys: Statement,
-    backlog: BacklogQuery,
+    /// The key walk's next-page query, explained (never run) for the backlog estimate.
+    backlog: String,
     documents: Vec<Arc<DocumentConnection>>,
     next_document: usize,
     mode: CutoffMode,
@@ -215,7 +250,7 @@ impl PostgresSource {
         let (queries, precision) = self.queries(&keys, announce).await?;
         let first_keys = keys.prepare(&queries.first_keys).await.map_err(|e| self.explain_prepare(e))?;
         let next_keys = keys.prepare(&queries.next_keys).await.map_err(|e| self.explain_prepare(e))?;
-        let backlog = BacklogQuery::of(&queries);
+        let backlog = format!("EXPLAIN (FORMAT JSON) {}", queries.next_keys);
         let mut documents = Vec::with_capacity(self.cfg.parallelism);
         for _ in 0..self.cfg.parallelism {
             let client = store::connect(&self.cfg.url, self.cfg.connect_timeout, &app).await.map_err(store_error)?;
@@ -448,32 +483,7 @@ impl PostgresSource {
             conn.next_document += 1;
             let ids: Vec<String> = keys.iter().map(|(id, _)| id.clone()).collect();
             let metrics = metrics.clone();
-            tokio::spawn(async move {
-                if let Some(export) = &worker.export {
-                    let begun = Instant::now();
-                    let rows = observe(&metrics, begun, export.fetch(&worker.client, &ids, &cutoff).await)?;
-                    // Orders holding a value the assembly cannot write as PostgreSQL would are
-                    // built by the SQL builder: one more query, in its own snapshot, with the
-                    // same recheck (an order changed since is left for the next run).
-                    let exotic: Vec<String> = rows.iter().filter(|r| r.document.is_err()).map(|r| r.key.clone()).collect();
-                    let mut built: HashMap<String, Record> = HashMap::new();
-                    if !exotic.is_empty() {
-                        let begun = Instant::now();
-                        let sql = worker.client.query(&worker.statement, &[&exotic as &(dyn ToSql + Sync), &cutoff]).await;
-                        built = observe(&metrics, begun, sql)?.iter().map(sql_record).map(|r| (r.key.clone(), r)).collect();
-                    }
-                    return Ok(rows
-                        .into_iter()
-                        .filter_map(|r: ExportRow| match r.document {
-                            Ok(document) => Some(record(r.key, r.updated_at, r.deleted, document)),
-                            Err(_) => built.remove(&r.key),
-                        })
-                        .collect());
-                }
-                let begun = Instant::now();
-                let rows = worker.client.query(&worker.statement, &[&ids as &(dyn ToSql + Sync), &cutoff]).await;
-                Ok(observe(&metrics, begun, rows)?.iter().map(sql_record).collect())
-            })
+            tokio::spawn(async move { worker.documents(&ids, cutoff, &metrics).await })
         });
         let watermark = if ends_run { Some(cutoff) } else { keys.last().map(|(_, at)| *at) };
         self.keys = match keys.last() {
@@ -621,37 +631,6 @@ fn store_error(e: StoreError) -> SourceError {
     }
 }
 
-/// The key walk's query from a position, explained and not run: the planner's estimate
-/// of the keys left in a run comes from the `updated_at` histogram that ANALYZE (and so
-/// autovacuum) keeps, in a few milliseconds whatever the size of the table. A count
-/// would read every key left.
-struct BacklogQuery(String);
-
-impl BacklogQuery {
-    fn of(queries: &Queries) -> Self {
-        Self(format!("EXPLAIN (FORMAT JSON) {}", queries.next_keys))
-    }
-}
-
-impl PostgresSource {
-    /// The planner's estimate of the keys from the position handed over last to its
-    /// run's cutoff: `None` between runs, when not connected, or when the query fails (a
-    /// lost connection is the key walk's to report).
-    async fn estimate_backlog(&self) -> Option<u64> {
-        let Position { since, cutoff: Some(cutoff), after: Some((at, id)), .. } = &self.handed else { return None };
-        let conn = self.conn.as_ref()?;
-        let unlimited = i64::MAX;
-        let explained = conn.keys.query_one(&conn.backlog.0, &[since as &(dyn ToSql + Sync), cutoff, &unlimited, at, id]).await;
-        match explained.map(|row| row.try_get::<_, serde_json::Value>(0)) {
-            Ok(Ok(plan)) => plan_rows(&plan),
-            Ok(Err(e)) | Err(e) => {
-                tracing::debug!(pipeline = %self.pipeline, error = %store::describe(&e), "estimating the backlog failed");
-                None
-            }
-        }
-    }
-}
-
 /// The rows `EXPLAIN (FORMAT JSON)` expects its top node to return.
 fn plan_rows(plan: &serde_json::Value) -> Option<u64> {
     plan.pointer("/0/Plan/Plan Rows")?.as_f64().map(|rows| rows.round() as u64)
@@ -672,8 +651,23 @@ impl Source for PostgresSource {
         result
     }
 
+    /// The planner's estimate of the keys from the position handed over last to its
+    /// run's cutoff, from the `updated_at` histogram that ANALYZE (and so autovacuum)
+    /// keeps: a few milliseconds whatever the size of the table, where a count would read
+    /// every key left. `None` between runs, when not connected, or when the query fails (a
+    /// lost connection is the key walk's to report).
     async fn backlog(&mut self) -> Option<u64> {
-        self.estimate_backlog().await
+        let Position { since, cutoff: Some(cutoff), after: Some((at, id)), .. } = &self.handed else { return None };
+        let conn = self.conn.as_ref()?;
+        let unlimited = i64::MAX;
+        let explained = conn.keys.query_one(&conn.backlog, &[since as &(dyn ToSql + Sync), cutoff, &unlimited, at, id]).await;
+        match explained.map(|row| row.try_get::<_, serde_json::Value>(0)) {
+            Ok(Ok(plan)) => plan_rows(&plan),
+            Ok(Err(e)) | Err(e) => {
+                tracing::debug!(pipeline = %self.pipeline, error = %store::describe(&e), "estimating the backlog failed");
+                None
+            }
+        }
     }
 
     fn wakeups(&self) -> Option<Wakeups> {

@@ -1,10 +1,11 @@
-//! The export document of seed 001 assembled in Rust. PostgreSQL building the document as
-//! JSON text (`store::document`) costs about ten times what reading the same rows does, so
-//! the source reads typed rows instead (binary protocol: integers, `float8`, text, raw
-//! dates and timestamps) and writes the JSON bytes itself, byte for byte what the SQL
-//! builder yields (`store::json_text`). The SQL builder stays as the fallback: for a
-//! table whose columns are not of the reference schema's types, and for a page holding a
-//! value the assembly cannot write identically.
+//! The export document of seed 001 assembled in Rust. Building JSON text is most of what
+//! PostgreSQL spends on a page (`store::document`), so the source reads typed rows instead
+//! (binary protocol: integers, `float8`, text, raw dates and timestamps) and writes the
+//! JSON bytes itself, byte for byte what the SQL builder yields (`store::json_text`). That
+//! takes the work off the order database; on the two-core bench machine, which runs the
+//! database too, it is as fast as the SQL builder (README, Benchmark). The SQL builder
+//! stays as the fallback: for a table whose columns are not of the reference schema's
+//! types, and for a page holding a value the assembly cannot write identically.
 //!
 //! A page is one order query and one query per child table, pipelined on one connection
 //! inside a read-only REPEATABLE READ transaction: one round trip, and one snapshot, as
