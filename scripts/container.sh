@@ -1,0 +1,347 @@
+#!/usr/bin/env bash
+# The container as users run it. No Docker engine runs on these machines and no image
+# registry is reachable, so docker/Dockerfile and docker/compose.yml would otherwise never
+# be built or started. This script:
+#   1. installs podman (Debian's packages) with a containers.conf of its own;
+#   2. makes the Dockerfile's base images locally: debian:bookworm-slim from debootstrap,
+#      rust:1-bookworm from it plus this machine's Rust toolchain (each skipped when
+#      podman already has it: its storage outlives a CI run on the same machine);
+#   3. builds docker/Dockerfile unchanged (`--pull=never`: never the network for images);
+#   4. runs the image against the local stack (`--network host`) and checks migrate,
+#      run --once (events counted on the topic), serve (the export), the HEALTHCHECK, the
+#      non-root user and its named group, and SIGTERM (drain, exit 0, nothing lost);
+#   5. prints the image size and fails over CONTAINER_MAX_MB (120);
+#   6. checks docker/compose.yml with the real Compose CLI.
+# Each check prints PASS or FAIL; any FAIL exits non-zero. Containers, the volume, the
+# database and the topic it made are removed on exit.
+#   scripts/container.sh            (scripts/test.sh runs it after cargo test)
+#   CONTAINER_ORDERS=2000 scripts/container.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+STACK_DIR=${STACK_DIR:-$ROOT/target/stack}
+WORK=$STACK_DIR/container
+IMAGE=order-cdc:test
+# The names the Dockerfile's FROM lines resolve to: podman expands a short name to
+# docker.io/library/…, and finds it in local storage under that name without pulling.
+DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
+RUST_IMAGE=docker.io/library/rust:1-bookworm
+ORDERS=${CONTAINER_ORDERS:-1000}
+MAX_MB=${CONTAINER_MAX_MB:-120}
+RUN_ID=$$-$(date +%s)
+DB=order_cdc_container_${RUN_ID//-/_}
+TOPIC=order-cdc-container-$RUN_ID
+VOLUME=order-cdc-container-$RUN_ID
+DAEMON=order-cdc-daemon-$RUN_ID
+SERVER=order-cdc-serve-$RUN_ID
+TOKEN=container-check-token-$RUN_ID
+
+START=$(date +%s%N)
+ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
+log() { printf 'container: [%6.1fs] %s\n' "$(( $(ms_since "$START") ))e-3" "$*" >&2; }
+pass() { printf 'PASS %s\n' "$*"; }
+fail() { printf 'FAIL %s\n' "$*"; exit 1; }
+# A step: its name, then the command; logs how long it took.
+step() {
+  local name=$1 t; shift; t=$(date +%s%N)
+  log "$name ..."
+  "$@"
+  log "$name: $(ms_since "$t") ms"
+}
+# Wait for a condition with a deadline (seconds); never a bare sleep as synchronisation.
+wait_until() {
+  local what=$1 deadline=$2; shift 2
+  local end=$((SECONDS + deadline))
+  until "$@" >/dev/null 2>&1; do
+    [ $SECONDS -lt $end ] || fail "$what within ${deadline}s"
+    sleep 0.5
+  done
+}
+
+# ---------------------------------------------------------------- 1. podman
+apt_install() {
+  log "installing $* from Debian's packages"
+  DEBIAN_FRONTEND=noninteractive apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
+}
+
+install_podman() {
+  local missing=()
+  for tool in podman runc debootstrap; do command -v $tool >/dev/null || missing+=("$tool"); done
+  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  # Podman 4.3 as root here: runc (not crun), and ulimits no higher than this machine's
+  # hard limit (its default nofile of 1048576 makes the runtime's setrlimit fail).
+  mkdir -p "$WORK"
+  cat >"$WORK/containers.conf" <<CONF
+[containers]
+default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=32768:32768"]
+
+[engine]
+runtime = "runc"
+CONF
+  export CONTAINERS_CONF=$WORK/containers.conf
+  log "$(podman --version), runtime $(podman info --format '{{.Host.OCIRuntime.Name}}')"
+}
+
+# ---------------------------------------------------------------- 2. base images
+# The Debian mirror this machine's apt uses (deb822 or one-line sources).
+debian_mirror() {
+  local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list)
+  { grep -hs -m1 -E '^URIs:.*/debian/?$' "${files[@]}" | awk '{print $2}'
+    grep -hs -E '^deb +(\[[^]]*\] +)?[a-z]+://[^ ]*/debian/? ' "${files[@]}" | sed -E 's/^deb +(\[[^]]*\] +)?//' | awk '{print $1}'
+  } | head -1
+}
+
+debian_image() {
+  if podman image exists $DEBIAN_IMAGE; then log "$DEBIAN_IMAGE: present"; return; fi
+  local mirror rootfs=$WORK/rootfs
+  mirror=$(debian_mirror); [ -n "$mirror" ] || fail "no Debian mirror in /etc/apt/sources.list*"
+  rm -rf "$rootfs"
+  log "debootstrap --variant=minbase bookworm from $mirror"
+  debootstrap --variant=minbase bookworm "$rootfs" "$mirror" >"$WORK/debootstrap.log" 2>&1 \
+    || { tail -n 20 "$WORK/debootstrap.log" >&2; fail "debootstrap"; }
+  # Slim like the official image: apt and dpkg keep no caches, docs or translations in
+  # this image or in any image built from it.
+  cat >"$rootfs/etc/dpkg/dpkg.cfg.d/slim" <<'CFG'
+path-exclude /usr/share/doc/*
+path-include /usr/share/doc/*/copyright
+path-exclude /usr/share/man/*
+path-exclude /usr/share/info/*
+path-exclude /usr/share/locale/*
+path-exclude /usr/share/lintian/*
+CFG
+  cat >"$rootfs/etc/apt/apt.conf.d/slim" <<'CFG'
+DPkg::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+APT::Update::Post-Invoke { "rm -f /var/cache/apt/archives/*.deb /var/cache/apt/archives/partial/*.deb /var/cache/apt/*.bin || true"; };
+Dir::Cache::pkgcache "";
+Dir::Cache::srcpkgcache "";
+Acquire::Languages "none";
+APT::Install-Recommends "false";
+CFG
+  find "$rootfs/usr/share/doc" -mindepth 1 -not -name copyright -not -type d -delete
+  rm -rf "$rootfs"/usr/share/{man,info,locale,lintian}/* "$rootfs"/var/cache/apt/* "$rootfs"/var/lib/apt/lists/* "$rootfs"/var/log/*
+  tar -C "$rootfs" -c . | podman import --change 'CMD ["bash"]' - $DEBIAN_IMAGE >/dev/null
+  rm -rf "$rootfs"
+}
+
+# The official rust image's layout (CARGO_HOME=/usr/local/cargo, RUSTUP_HOME=/usr/local/rustup,
+# rustup's proxies on PATH) with this machine's active toolchain, without its docs.
+rust_image() {
+  if podman image exists $RUST_IMAGE; then log "$RUST_IMAGE: present"; return; fi
+  local sysroot toolchain ctx=$WORK/rust-image
+  sysroot=$(rustc --print sysroot); toolchain=$(basename "$sysroot")
+  command -v rustup >/dev/null || fail "rustup is needed to copy the toolchain in (rustc at $sysroot)"
+  rm -rf "$ctx"; mkdir -p "$ctx/rustup/toolchains/$toolchain" "$ctx/cargo/bin"
+  for d in bin lib libexec etc; do
+    [ -e "$sysroot/$d" ] && cp -a "$sysroot/$d" "$ctx/rustup/toolchains/$toolchain/"
+  done
+  printf 'version = "12"\ndefault_toolchain = "%s"\nprofile = "minimal"\nauto_self_update = "disable"\n' "$toolchain" >"$ctx/rustup/settings.toml"
+  cp "$(command -v rustup)" "$ctx/cargo/bin/rustup"
+  for proxy in cargo rustc rustdoc; do ln -s rustup "$ctx/cargo/bin/$proxy"; done
+  cat >"$ctx/Containerfile" <<CF
+FROM $DEBIAN_IMAGE
+RUN apt-get update \\
+ && apt-get install -y --no-install-recommends build-essential pkg-config ca-certificates \\
+ && rm -rf /var/lib/apt/lists/*
+ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+COPY rustup /usr/local/rustup
+COPY cargo /usr/local/cargo
+RUN cargo --version && rustc --version
+CF
+  log "rust image with toolchain $toolchain"
+  BUILDAH_FORMAT=docker podman build --network host --pull=never -t $RUST_IMAGE -f "$ctx/Containerfile" "$ctx" >"$WORK/rust-image.log" 2>&1 \
+    || { tail -n 30 "$WORK/rust-image.log" >&2; fail "building $RUST_IMAGE"; }
+  rm -rf "$ctx"
+}
+
+# ---------------------------------------------------------------- 3. the image
+build_image() {
+  BUILDAH_FORMAT=docker podman build --network host --pull=never -f docker/Dockerfile -t $IMAGE . >"$WORK/build.log" 2>&1 \
+    || { tail -n 40 "$WORK/build.log" >&2; fail "podman build -f docker/Dockerfile"; }
+  pass "the Dockerfile builds with podman (log: $WORK/build.log)"
+}
+
+# ---------------------------------------------------------------- 4. the checks
+free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+sql() { psql "$DB_URL" -Atqc "$1"; }
+kafka() { java -Xmx128m -cp "$STACK_DIR/kafka/libs/*" "$@"; }
+
+topic_events() {
+  { kafka org.apache.kafka.tools.GetOffsetShell --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --topic "$TOPIC" 2>/dev/null || true; } \
+    | awk -F: '{sum += $3} END {print sum + 0}'
+}
+# The key of every event on the topic, one a line: exactly as many as its offsets say.
+topic_keys() {
+  local n; n=$(topic_events)
+  [ "$n" -gt 0 ] || return 0
+  kafka org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --topic "$TOPIC" \
+    --from-beginning --max-messages "$n" --timeout-ms 30000 --property print.key=true --property print.value=false 2>/dev/null || true
+}
+source_orders() { sql "select count(*) from sales_orders"; }
+# The topic holds every order of the source: as many distinct keys as orders, and the
+# first check's count (events may repeat after a restart: delivery is at least once).
+topic_has_all() {
+  local keys distinct
+  keys=$(topic_keys); distinct=$(sort -u <<<"$keys" | grep -c . || true)
+  TOPIC_EVENTS=$(grep -c . <<<"$keys" || true); TOPIC_DISTINCT=$distinct
+  [ "$distinct" -eq "$(source_orders)" ]
+}
+
+# `podman run` of the image with the stack's settings; the config file is mounted as in compose.
+CONTAINER_ARGS=()
+run_image() { podman run --rm "${CONTAINER_ARGS[@]}" $IMAGE --config /etc/order-cdc/order-cdc.toml "$@"; }
+
+setup_checks() {
+  DB_URL=${ORDER_CDC_TEST_DATABASE_URL%/*}/$DB
+  psql "$ORDER_CDC_TEST_DATABASE_URL" -qc "CREATE DATABASE $DB" >/dev/null
+  CLEAN_DB=1
+  cat >"$WORK/order-cdc.toml" <<TOML
+[database]
+url = "$DB_URL"
+
+[kafka]
+brokers = "$ORDER_CDC_TEST_BROKERS"
+
+[run]
+shutdown_timeout = "30s"
+
+[pipelines.orders]
+topic = "$TOPIC"
+batch_size = 500
+poll_interval = "1s"
+
+[pipelines.orders.source]
+kind = "postgres"
+url = "$DB_URL"
+table = "sales_orders"
+
+[server]
+listen = "127.0.0.1:$(free_port)"
+tenant = "container"
+database_url = "$DB_URL"
+tokens = ["$TOKEN"]
+cursor_keys = { k1 = "container-check-cursor-key-0123456789abcdef" }
+cursor_key = "k1"
+TOML
+  SERVER_LISTEN=$(sed -n 's/^listen = "\(.*\)"/\1/p' "$WORK/order-cdc.toml")
+  podman volume create "$VOLUME" >/dev/null
+  CONTAINER_ARGS=(--network host -v "$WORK/order-cdc.toml:/etc/order-cdc/order-cdc.toml:ro,Z" -v "$VOLUME:/var/lib/order-cdc")
+}
+
+check_migrate() {
+  run_image migrate >&2 || fail "migrate in the container"
+  [ "$(sql "select count(*) from information_schema.tables where table_name = 'sales_orders'")" = 1 ] || fail "migrate: no sales_orders table"
+  pass "migrate creates the schema in a fresh database ($DB)"
+}
+
+check_run_once() {
+  run_image demo-load --orders "$ORDERS" >&2 || fail "demo-load in the container"
+  run_image run --once >&2 || fail "run --once in the container"
+  topic_has_all || fail "run --once: $TOPIC_DISTINCT orders on $TOPIC, $(source_orders) in the source"
+  pass "run --once puts the $ORDERS demo orders on $TOPIC ($TOPIC_EVENTS events, $TOPIC_DISTINCT orders; source $(source_orders))"
+}
+
+check_serve() {
+  local metrics; metrics=$(free_port)
+  podman run -d --name "$SERVER" "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:$metrics \
+    $IMAGE --config /etc/order-cdc/order-cdc.toml serve >/dev/null
+  wait_until "serve answers on $SERVER_LISTEN" 60 curl -sf "http://$SERVER_LISTEN/openapi.json"
+  # Walk the export from the start, page by page, counting the orders.
+  local url="http://$SERVER_LISTEN/sales-orders/export?since=1970-01-01T00:00:00Z" status total=0 rows cursor pages=0
+  while :; do
+    status=$(curl -s -o "$WORK/page.json" -w '%{http_code}' -H "Authorization: Bearer $TOKEN" "$url")
+    [ "$status" = 200 ] || fail "serve: GET /sales-orders/export answered $status: $(head -c 300 "$WORK/page.json")"
+    rows=$(jq '.data | length' "$WORK/page.json"); total=$((total + rows)); pages=$((pages + 1))
+    cursor=$(jq -r '.next_cursor // empty' "$WORK/page.json")
+    [ -n "$cursor" ] || break
+    url="http://$SERVER_LISTEN/sales-orders/export?cursor=$cursor"
+  done
+  local active; active=$(sql "select count(*) from sales_orders where status = 'Active'")
+  [ "$total" -eq "$active" ] || fail "serve: the export has $total orders, the database $active active ones"
+  podman stop -t 30 "$SERVER" >/dev/null
+  pass "serve answers the export: HTTP 200, $total orders in $pages pages (active in the database: $active)"
+}
+
+check_daemon() {
+  local metrics; metrics=$(free_port)
+  podman run -d --name "$DAEMON" "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:$metrics \
+    $IMAGE --config /etc/order-cdc/order-cdc.toml run >/dev/null
+  wait_until "the HEALTHCHECK passes (podman healthcheck run $DAEMON)" 60 podman healthcheck run "$DAEMON"
+  pass "the image's HEALTHCHECK passes with the daemon running"
+
+  local id; id=$(podman exec "$DAEMON" id)
+  [[ $id =~ ^uid=([0-9]+)\(([^\)]+)\)\ gid=([0-9]+)\(([^\)]+)\) ]] && [ "${BASH_REMATCH[1]}" != 0 ] \
+    || fail "the process runs as root or with a nameless group: $id"
+  pass "the process runs as a non-root user with a named group: $id"
+
+  # More orders while it runs; SIGTERM as soon as they start reaching the topic, so
+  # deliveries are in flight: it must drain, commit and exit 0.
+  local before; before=$(topic_events)
+  run_image demo-load --orders "$ORDERS" >&2 || fail "demo-load in the container"
+  wait_until "the daemon publishes the new orders" 60 test "$(topic_events)" -gt "$before"
+  podman kill --signal TERM "$DAEMON" >/dev/null
+  local code; code=$(podman wait "$DAEMON")
+  [ "$code" = 0 ] || { podman logs --tail 20 "$DAEMON" >&2; fail "SIGTERM: the daemon exited $code"; }
+  podman logs "$DAEMON" >"$WORK/daemon.log" 2>&1
+  # Nothing lost: whatever it had not published, its checkpoint still holds; a run from it
+  # completes the topic.
+  run_image run --once >&2 || fail "run --once after SIGTERM"
+  topic_has_all || fail "after SIGTERM: $TOPIC_DISTINCT orders on $TOPIC, $(source_orders) in the source"
+  pass "SIGTERM drains and exits 0; nothing lost ($TOPIC_DISTINCT orders of $(source_orders), $TOPIC_EVENTS events)"
+}
+
+check_size() {
+  local bytes mb; bytes=$(podman image inspect --format '{{.Size}}' $IMAGE); mb=$((bytes / 1000000))
+  log "image $IMAGE: $mb MB ($bytes bytes)"
+  [ "$mb" -le "$MAX_MB" ] || fail "image size $mb MB > $MAX_MB MB"
+  pass "image size $mb MB (goal <= $MAX_MB MB)"
+}
+
+# ---------------------------------------------------------------- 6. compose
+# The real Docker Compose CLI (v2, installed by stack.sh) accepts docker/compose.yml, and
+# its resolved form has Prometheus loading the alert rules and Grafana the dashboard.
+check_compose() {
+  local compose=${ORDER_CDC_COMPOSE:?ORDER_CDC_COMPOSE: scripts/stack.sh up installs the Compose CLI}
+  local out; out=$("$compose" -f docker/compose.yml config -q 2>&1) || fail "docker compose config -q: $out"
+  [ -z "$out" ] || fail "docker compose config -q printed: $out"
+  "$compose" -f docker/compose.yml config --format json >"$WORK/compose.json" || fail "docker compose config --format json"
+  local mounts
+  mounts=$(jq -r '.services.prometheus.volumes[].target, .services.grafana.volumes[].target' "$WORK/compose.json")
+  grep -qx /etc/prometheus/alerts.yml <<<"$mounts" || fail "compose: Prometheus does not mount the alert rules ($mounts)"
+  grep -qx /var/lib/grafana/dashboards <<<"$mounts" || fail "compose: Grafana does not mount the dashboards ($mounts)"
+  for source in alerts.yml prometheus.yml order-cdc.toml grafana/provisioning grafana/dashboards/order-cdc.json; do
+    [ -e "docker/$source" ] || fail "compose mounts docker/$source, which is missing"
+  done
+  pass "the Compose CLI ($("$compose" version --short)) accepts docker/compose.yml; Prometheus mounts the rules, Grafana the dashboard"
+}
+
+# ---------------------------------------------------------------- clean-up
+CLEAN_DB=
+cleanup() {
+  local rc=$?
+  podman rm -f -t 0 "$DAEMON" "$SERVER" >/dev/null 2>&1 || true
+  podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
+  [ -z "$CLEAN_DB" ] || psql "$ORDER_CDC_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
+  [ -z "$CLEAN_DB" ] || kafka org.apache.kafka.tools.TopicCommand --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --delete --if-exists --topic "$TOPIC" >/dev/null 2>&1 || true
+  log "total $(ms_since "$START") ms, exit $rc"
+}
+trap cleanup EXIT
+
+# ---------------------------------------------------------------- main
+# The stack's NAME=value lines, exported one by one (as scripts/test.sh does).
+while IFS= read -r line; do
+  case $line in ORDER_CDC_*=*) export "$line" ;; esac
+done < <(scripts/stack.sh up)
+
+step "compose file" check_compose
+step "podman" install_podman
+step "base image $DEBIAN_IMAGE" debian_image
+step "base image $RUST_IMAGE" rust_image
+step "podman build $IMAGE" build_image
+step "image size" check_size
+step "fresh database and topic" setup_checks
+step "migrate" check_migrate
+step "run --once" check_run_once
+step "serve" check_serve
+step "daemon: healthcheck, user, SIGTERM" check_daemon
+log "every container check passed"
