@@ -39,8 +39,9 @@ TOKEN=container-check-token-$RUN_ID
 START=$(date +%s%N)
 ms_since() { echo $(( ($(date +%s%N) - $1) / 1000000 )); }
 log() { printf 'container: [%6.1fs] %s\n' "$(( $(ms_since "$START") ))e-3" "$*" >&2; }
-pass() { printf 'PASS %s\n' "$*"; }
-fail() { printf 'FAIL %s\n' "$*"; exit 1; }
+PASSED=0 FAILED=0
+pass() { printf 'PASS %s\n' "$*"; PASSED=$((PASSED + 1)); }
+fail() { printf 'FAIL %s\n' "$*"; FAILED=$((FAILED + 1)); exit 1; }
 # A step: its name, then the command; logs how long it took.
 step() {
   local name=$1 t; shift; t=$(date +%s%N)
@@ -71,7 +72,6 @@ install_podman() {
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   # Podman 4.3 as root here: runc (not crun), and ulimits no higher than this machine's
   # hard limit (its default nofile of 1048576 makes the runtime's setrlimit fail).
-  mkdir -p "$WORK"
   cat >"$WORK/containers.conf" <<CONF
 [containers]
 default_ulimits = ["nofile=$(ulimit -Hn):$(ulimit -Hn)", "nproc=32768:32768"]
@@ -86,10 +86,13 @@ CONF
 # ---------------------------------------------------------------- 2. base images
 # The Debian mirror this machine's apt uses (deb822 or one-line sources).
 debian_mirror() {
-  local files=(/etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list)
-  { grep -hs -m1 -E '^URIs:.*/debian/?$' "${files[@]}" | awk '{print $2}'
-    grep -hs -E '^deb +(\[[^]]*\] +)?[a-z]+://[^ ]*/debian/? ' "${files[@]}" | sed -E 's/^deb +(\[[^]]*\] +)?//' | awk '{print $1}'
-  } | head -1
+  local files=() f
+  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.sources /etc/apt/sources.list.d/*.list; do
+    [ -f "$f" ] && files+=("$f")
+  done
+  { grep -h -E '^URIs:.*/debian/?$' "${files[@]}" | awk '{print $2}'
+    grep -h -E '^deb +(\[[^]]*\] +)?[a-z]+://[^ ]*/debian/? ' "${files[@]}" | sed -E 's/^deb +(\[[^]]*\] +)?//' | awk '{print $1}'
+  } 2>/dev/null | head -1 || true
 }
 
 debian_image() {
@@ -125,13 +128,21 @@ CFG
 }
 
 # The official rust image's layout (CARGO_HOME=/usr/local/cargo, RUSTUP_HOME=/usr/local/rustup,
-# rustup's proxies on PATH) with this machine's active toolchain, without its docs.
+# rustup's proxies on PATH) with this machine's active toolchain, without its docs. It also
+# trusts the CA certificates this machine added (/usr/local/share/ca-certificates): where the
+# registries are reached through a TLS-inspecting proxy, cargo in the build needs them.
+# Made again when the toolchain or those certificates change (the image's label says which).
 rust_image() {
-  if podman image exists $RUST_IMAGE; then log "$RUST_IMAGE: present"; return; fi
-  local sysroot toolchain ctx=$WORK/rust-image
+  local sysroot toolchain key ctx=$WORK/rust-image certs=(/usr/local/share/ca-certificates/*.crt)
   sysroot=$(rustc --print sysroot); toolchain=$(basename "$sysroot")
+  [ -e "${certs[0]}" ] || certs=()
+  key="$(rustc --version) / CA $(cat /dev/null "${certs[@]}" | sha256sum | cut -c1-16)"
+  if [ "$(podman image inspect --format '{{index .Labels "order-cdc.made-from"}}' $RUST_IMAGE 2>/dev/null)" = "$key" ]; then
+    log "$RUST_IMAGE: present ($key)"; return
+  fi
   command -v rustup >/dev/null || fail "rustup is needed to copy the toolchain in (rustc at $sysroot)"
-  rm -rf "$ctx"; mkdir -p "$ctx/rustup/toolchains/$toolchain" "$ctx/cargo/bin"
+  rm -rf "$ctx"; mkdir -p "$ctx/rustup/toolchains/$toolchain" "$ctx/cargo/bin" "$ctx/ca"
+  [ ${#certs[@]} -eq 0 ] || cp "${certs[@]}" "$ctx/ca/"
   for d in bin lib libexec etc; do
     [ -e "$sysroot/$d" ] && cp -a "$sysroot/$d" "$ctx/rustup/toolchains/$toolchain/"
   done
@@ -140,9 +151,11 @@ rust_image() {
   for proxy in cargo rustc rustdoc; do ln -s rustup "$ctx/cargo/bin/$proxy"; done
   cat >"$ctx/Containerfile" <<CF
 FROM $DEBIAN_IMAGE
+COPY ca /usr/local/share/ca-certificates
 RUN apt-get update \\
  && apt-get install -y --no-install-recommends build-essential pkg-config ca-certificates \\
  && rm -rf /var/lib/apt/lists/*
+LABEL order-cdc.made-from="$key"
 ENV RUSTUP_HOME=/usr/local/rustup CARGO_HOME=/usr/local/cargo PATH=/usr/local/cargo/bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
 COPY rustup /usr/local/rustup
 COPY cargo /usr/local/cargo
@@ -323,11 +336,15 @@ cleanup() {
   podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
   [ -z "$CLEAN_DB" ] || psql "$ORDER_CDC_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
   [ -z "$CLEAN_DB" ] || kafka org.apache.kafka.tools.TopicCommand --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --delete --if-exists --topic "$TOPIC" >/dev/null 2>&1 || true
+  # A failure that printed no FAIL line (set -e) still counts as one.
+  [ "$rc" = 0 ] || [ "$FAILED" -gt 0 ] || { printf 'FAIL unexpected exit %s (see above)\n' "$rc"; FAILED=1; }
   log "total $(ms_since "$START") ms, exit $rc"
+  echo "container: $PASSED passed, $FAILED failed"
 }
 trap cleanup EXIT
 
 # ---------------------------------------------------------------- main
+mkdir -p "$WORK"
 # The stack's NAME=value lines, exported one by one (as scripts/test.sh does).
 while IFS= read -r line; do
   case $line in ORDER_CDC_*=*) export "$line" ;; esac
