@@ -15,7 +15,7 @@
 # Each check prints PASS or FAIL; any FAIL exits non-zero. Containers, the volume, the
 # database and the topic it made are removed on exit.
 #   scripts/container.sh            (scripts/test.sh runs it after cargo test)
-#   CONTAINER_ORDERS=2000 scripts/container.sh
+#   CONTAINER_ORDERS=20000 scripts/container.sh     (demo orders; default 5000)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ROOT=$PWD
@@ -26,11 +26,12 @@ IMAGE=order-cdc:test
 # docker.io/library/…, and finds it in local storage under that name without pulling.
 DEBIAN_IMAGE=docker.io/library/debian:bookworm-slim
 RUST_IMAGE=docker.io/library/rust:1-bookworm
-ORDERS=${CONTAINER_ORDERS:-1000}
+ORDERS=${CONTAINER_ORDERS:-5000}
 MAX_MB=${CONTAINER_MAX_MB:-120}
 RUN_ID=$$-$(date +%s)
 DB=order_cdc_container_${RUN_ID//-/_}
 TOPIC=order-cdc-container-$RUN_ID
+DRAIN_TOPIC=order-cdc-container-drain-$RUN_ID
 VOLUME=order-cdc-container-$RUN_ID
 DAEMON=order-cdc-daemon-$RUN_ID
 SERVER=order-cdc-serve-$RUN_ID
@@ -179,30 +180,53 @@ free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1
 sql() { psql "$DB_URL" -Atqc "$1"; }
 kafka() { java -Xmx128m -cp "$STACK_DIR/kafka/libs/*" "$@"; }
 
+# Events on a topic: the sum of its partitions' end offsets (0 while it does not exist).
 topic_events() {
-  { kafka org.apache.kafka.tools.GetOffsetShell --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --topic "$TOPIC" 2>/dev/null || true; } \
+  { kafka org.apache.kafka.tools.GetOffsetShell --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --topic "$1" 2>/dev/null || true; } \
     | awk -F: '{sum += $3} END {print sum + 0}'
 }
-# The key of every event on the topic, one a line: exactly as many as its offsets say.
+# The key of every event on a topic, one a line: exactly as many as its offsets say.
 topic_keys() {
-  local n; n=$(topic_events)
+  local n; n=$(topic_events "$1")
   [ "$n" -gt 0 ] || return 0
-  kafka org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --topic "$TOPIC" \
+  kafka org.apache.kafka.tools.consumer.ConsoleConsumer --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --topic "$1" \
     --from-beginning --max-messages "$n" --timeout-ms 30000 --property print.key=true --property print.value=false 2>/dev/null || true
 }
 source_orders() { sql "select count(*) from sales_orders"; }
-# The topic holds every order of the source: as many distinct keys as orders, and the
-# first check's count (events may repeat after a restart: delivery is at least once).
+# A topic holds every order of the source: as many distinct keys as orders (events may
+# repeat after a restart: delivery is at least once). Sets TOPIC_EVENTS and TOPIC_ORDERS.
 topic_has_all() {
-  local keys distinct
-  keys=$(topic_keys); distinct=$(sort -u <<<"$keys" | grep -c . || true)
-  TOPIC_EVENTS=$(grep -c . <<<"$keys" || true); TOPIC_DISTINCT=$distinct
-  [ "$distinct" -eq "$(source_orders)" ]
+  local keys; keys=$(topic_keys "$1")
+  TOPIC_EVENTS=$(grep -c . <<<"$keys" || true)
+  TOPIC_ORDERS=$(sort -u <<<"$keys" | grep -c . || true)
+  [ "$TOPIC_ORDERS" -eq "$(source_orders)" ]
 }
 
-# `podman run` of the image with the stack's settings; the config file is mounted as in compose.
+# `podman run` of the image with the stack's settings; the config file is mounted as in
+# compose, the checkpoints are on a volume. The metrics port is the container's own
+# (ORDER_CDC__METRICS__LISTEN, which the HEALTHCHECK follows): on the host network the
+# image's default 9464 may be taken.
 CONTAINER_ARGS=()
-run_image() { podman run --rm "${CONTAINER_ARGS[@]}" $IMAGE --config /etc/order-cdc/order-cdc.toml "$@"; }
+run_image() {
+  podman run --rm "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:0 \
+    $IMAGE --config /etc/order-cdc/order-cdc.toml "$@"
+}
+# A detached container NAME on metrics port PORT. Without systemd, podman logs that it
+# cannot add a timer for the HEALTHCHECK; `podman healthcheck run` works all the same.
+start_container() {
+  local name=$1 port=$2; shift 2
+  podman run -d --name "$name" "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:$port \
+    $IMAGE --config /etc/order-cdc/order-cdc.toml "$@" 2>"$WORK/podman-run.log" >/dev/null \
+    || { cat "$WORK/podman-run.log" >&2; fail "podman run $name"; }
+}
+# SIGTERM to a container, then its exit code must be 0.
+stop_cleanly() {
+  podman kill --signal TERM "$1" >/dev/null
+  local code; code=$(podman wait "$1")
+  podman logs "$1" >"$WORK/$1.log" 2>&1
+  [ "$code" = 0 ] || { tail -n 20 "$WORK/$1.log" >&2; fail "SIGTERM: $1 exited $code (log: $WORK/$1.log)"; }
+  podman rm "$1" >/dev/null 2>&1
+}
 
 setup_checks() {
   DB_URL=${ORDER_CDC_TEST_DATABASE_URL%/*}/$DB
@@ -228,6 +252,18 @@ kind = "postgres"
 url = "$DB_URL"
 table = "sales_orders"
 
+# The daemon's: the same orders from the start onto a topic of its own, in small batches,
+# so that a SIGTERM soon after its first commit finds batches in flight.
+[pipelines.drain]
+topic = "$DRAIN_TOPIC"
+batch_size = 50
+poll_interval = "1s"
+
+[pipelines.drain.source]
+kind = "postgres"
+url = "$DB_URL"
+table = "sales_orders"
+
 [server]
 listen = "127.0.0.1:$(free_port)"
 tenant = "container"
@@ -249,15 +285,13 @@ check_migrate() {
 
 check_run_once() {
   run_image demo-load --orders "$ORDERS" >&2 || fail "demo-load in the container"
-  run_image run --once >&2 || fail "run --once in the container"
-  topic_has_all || fail "run --once: $TOPIC_DISTINCT orders on $TOPIC, $(source_orders) in the source"
-  pass "run --once puts the $ORDERS demo orders on $TOPIC ($TOPIC_EVENTS events, $TOPIC_DISTINCT orders; source $(source_orders))"
+  run_image run --once --pipeline orders >&2 || fail "run --once in the container"
+  topic_has_all "$TOPIC" || fail "run --once: $TOPIC_ORDERS orders on $TOPIC, $(source_orders) in the source"
+  pass "run --once puts the $ORDERS demo orders on $TOPIC ($TOPIC_EVENTS events, $TOPIC_ORDERS orders; source $(source_orders))"
 }
 
 check_serve() {
-  local metrics; metrics=$(free_port)
-  podman run -d --name "$SERVER" "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:$metrics \
-    $IMAGE --config /etc/order-cdc/order-cdc.toml serve >/dev/null
+  start_container "$SERVER" "$(free_port)" serve
   wait_until "serve answers on $SERVER_LISTEN" 60 curl -sf "http://$SERVER_LISTEN/openapi.json"
   # Walk the export from the start, page by page, counting the orders.
   local url="http://$SERVER_LISTEN/sales-orders/export?since=1970-01-01T00:00:00Z" status total=0 rows cursor pages=0
@@ -271,14 +305,28 @@ check_serve() {
   done
   local active; active=$(sql "select count(*) from sales_orders where status = 'Active'")
   [ "$total" -eq "$active" ] || fail "serve: the export has $total orders, the database $active active ones"
-  podman stop -t 30 "$SERVER" >/dev/null
+  stop_cleanly "$SERVER"
   pass "serve answers the export: HTTP 200, $total orders in $pages pages (active in the database: $active)"
 }
 
+metric() { curl -sf "http://127.0.0.1:$1/metrics" | awk -v m="$2" '$1 == m {print $2}'; }
+batches_committed() { [ "$(metric "$1" 'order_cdc_batches_total{pipeline="drain"}')" -gt 0 ] 2>/dev/null; }
+
+# The daemon (`run`) works through the orders from the start in batches of 50: SIGTERM
+# right after its first commit, with batches in flight, must drain them and exit 0. Started
+# again from its checkpoint it passes the HEALTHCHECK, runs as a non-root user with a named
+# group, and completes the topic: nothing was lost. Then a second SIGTERM, idle, exits 0.
 check_daemon() {
-  local metrics; metrics=$(free_port)
-  podman run -d --name "$DAEMON" "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:$metrics \
-    $IMAGE --config /etc/order-cdc/order-cdc.toml run >/dev/null
+  local port; port=$(free_port)
+  start_container "$DAEMON" "$port" run --pipeline drain
+  wait_until "the daemon commits its first batch" 60 batches_committed "$port"
+  stop_cleanly "$DAEMON"
+  local at_stop; at_stop=$(topic_events "$DRAIN_TOPIC")
+  grep -q 'waiting for in-flight deliveries' "$WORK/$DAEMON.log" || fail "SIGTERM: the daemon did not say it drains (log: $WORK/$DAEMON.log)"
+  pass "SIGTERM during the backlog drains and exits 0 ($at_stop of $(source_orders) orders on $DRAIN_TOPIC by then)"
+
+  port=$(free_port)
+  start_container "$DAEMON" "$port" run --pipeline drain
   wait_until "the HEALTHCHECK passes (podman healthcheck run $DAEMON)" 60 podman healthcheck run "$DAEMON"
   pass "the image's HEALTHCHECK passes with the daemon running"
 
@@ -287,20 +335,9 @@ check_daemon() {
     || fail "the process runs as root or with a nameless group: $id"
   pass "the process runs as a non-root user with a named group: $id"
 
-  # More orders while it runs; SIGTERM as soon as they start reaching the topic, so
-  # deliveries are in flight: it must drain, commit and exit 0.
-  local before; before=$(topic_events)
-  run_image demo-load --orders "$ORDERS" >&2 || fail "demo-load in the container"
-  wait_until "the daemon publishes the new orders" 60 test "$(topic_events)" -gt "$before"
-  podman kill --signal TERM "$DAEMON" >/dev/null
-  local code; code=$(podman wait "$DAEMON")
-  [ "$code" = 0 ] || { podman logs --tail 20 "$DAEMON" >&2; fail "SIGTERM: the daemon exited $code"; }
-  podman logs "$DAEMON" >"$WORK/daemon.log" 2>&1
-  # Nothing lost: whatever it had not published, its checkpoint still holds; a run from it
-  # completes the topic.
-  run_image run --once >&2 || fail "run --once after SIGTERM"
-  topic_has_all || fail "after SIGTERM: $TOPIC_DISTINCT orders on $TOPIC, $(source_orders) in the source"
-  pass "SIGTERM drains and exits 0; nothing lost ($TOPIC_DISTINCT orders of $(source_orders), $TOPIC_EVENTS events)"
+  wait_until "every order on $DRAIN_TOPIC after the restart" 120 topic_has_all "$DRAIN_TOPIC"
+  stop_cleanly "$DAEMON"
+  pass "nothing lost: resumed from its checkpoint, $DRAIN_TOPIC has all $TOPIC_ORDERS orders ($TOPIC_EVENTS events); the second SIGTERM exits 0 too"
 }
 
 check_size() {
@@ -335,7 +372,10 @@ cleanup() {
   podman rm -f -t 0 "$DAEMON" "$SERVER" >/dev/null 2>&1 || true
   podman volume rm -f "$VOLUME" >/dev/null 2>&1 || true
   [ -z "$CLEAN_DB" ] || psql "$ORDER_CDC_TEST_DATABASE_URL" -qc "DROP DATABASE IF EXISTS $DB WITH (FORCE)" >/dev/null 2>&1 || true
-  [ -z "$CLEAN_DB" ] || kafka org.apache.kafka.tools.TopicCommand --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --delete --if-exists --topic "$TOPIC" >/dev/null 2>&1 || true
+  # Both topics and the dead-letter topics the pipelines created beside them, in one call
+  # (--topic takes a regular expression).
+  [ -z "$CLEAN_DB" ] || kafka org.apache.kafka.tools.TopicCommand --bootstrap-server "$ORDER_CDC_TEST_BROKERS" --delete --if-exists \
+    --topic "($TOPIC|$DRAIN_TOPIC)(\.dlq)?" >/dev/null 2>&1 || true
   # A failure that printed no FAIL line (set -e) still counts as one.
   [ "$rc" = 0 ] || [ "$FAILED" -gt 0 ] || { printf 'FAIL unexpected exit %s (see above)\n' "$rc"; FAILED=1; }
   log "total $(ms_since "$START") ms, exit $rc"
@@ -360,5 +400,5 @@ step "fresh database and topic" setup_checks
 step "migrate" check_migrate
 step "run --once" check_run_once
 step "serve" check_serve
-step "daemon: healthcheck, user, SIGTERM" check_daemon
+step "daemon: SIGTERM, healthcheck, user, nothing lost" check_daemon
 log "every container check passed"
