@@ -69,7 +69,7 @@ apt_install() {
 
 install_podman() {
   local missing=()
-  for tool in podman runc debootstrap; do command -v $tool >/dev/null || missing+=("$tool"); done
+  for tool in podman runc debootstrap jq curl; do command -v $tool >/dev/null || missing+=("$tool"); done
   [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
   # Podman 4.3 as root here: runc (not crun), and ulimits no higher than this machine's
   # hard limit (its default nofile of 1048576 makes the runtime's setrlimit fail).
@@ -172,6 +172,9 @@ CF
 build_image() {
   BUILDAH_FORMAT=docker podman build --network host --pull=never -f docker/Dockerfile -t $IMAGE . >"$WORK/build.log" 2>&1 \
     || { tail -n 40 "$WORK/build.log" >&2; fail "podman build -f docker/Dockerfile"; }
+  # The previous build's layers, now untagged, would pile up run after run (the layers of
+  # this build stay: they are its parents, the next build's cache).
+  podman image prune -f >/dev/null
   pass "the Dockerfile builds with podman (log: $WORK/build.log)"
 }
 
