@@ -231,6 +231,12 @@ stop_cleanly() {
   podman rm "$1" >/dev/null 2>&1
 }
 
+# A pipeline NAME from the test database's sales_orders onto TOPIC in batches of BATCH.
+pipeline_toml() {
+  printf '[pipelines.%s]\ntopic = "%s"\nbatch_size = %s\npoll_interval = "1s"\n\n' "$1" "$2" "$3"
+  printf '[pipelines.%s.source]\nkind = "postgres"\nurl = "%s"\ntable = "sales_orders"\n' "$1" "$DB_URL"
+}
+
 setup_checks() {
   DB_URL=${ORDER_CDC_TEST_DATABASE_URL%/*}/$DB
   psql "$ORDER_CDC_TEST_DATABASE_URL" -qc "CREATE DATABASE $DB" >/dev/null
@@ -245,27 +251,11 @@ brokers = "$ORDER_CDC_TEST_BROKERS"
 [run]
 shutdown_timeout = "30s"
 
-[pipelines.orders]
-topic = "$TOPIC"
-batch_size = 500
-poll_interval = "1s"
-
-[pipelines.orders.source]
-kind = "postgres"
-url = "$DB_URL"
-table = "sales_orders"
+$(pipeline_toml orders "$TOPIC" 500)
 
 # The daemon's: the same orders from the start onto a topic of its own, in small batches,
 # so that a SIGTERM soon after its first commit finds batches in flight.
-[pipelines.drain]
-topic = "$DRAIN_TOPIC"
-batch_size = 50
-poll_interval = "1s"
-
-[pipelines.drain.source]
-kind = "postgres"
-url = "$DB_URL"
-table = "sales_orders"
+$(pipeline_toml drain "$DRAIN_TOPIC" 50)
 
 [server]
 listen = "127.0.0.1:$(free_port)"
