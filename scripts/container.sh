@@ -208,10 +208,11 @@ topic_has_all() {
 # `podman run` of the image with the stack's settings; the config file is mounted as in
 # compose, the checkpoints are on a volume. The metrics port is the container's own
 # (ORDER_CDC__METRICS__LISTEN, which the HEALTHCHECK follows): on the host network the
-# image's default 9464 may be taken.
+# image's default 9464 may be taken. One-shot commands need no HEALTHCHECK (and without
+# systemd podman would only log that it cannot time one).
 CONTAINER_ARGS=()
 run_image() {
-  podman run --rm "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:0 \
+  podman run --rm --no-healthcheck "${CONTAINER_ARGS[@]}" -e ORDER_CDC__METRICS__LISTEN=127.0.0.1:0 \
     $IMAGE --config /etc/order-cdc/order-cdc.toml "$@"
 }
 # A detached container NAME on metrics port PORT. Without systemd, podman logs that it
