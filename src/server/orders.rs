@@ -120,8 +120,13 @@ fn bound(pairs: &Pairs, name: &str, end: End) -> Result<Option<DateTime<Utc>>, A
         (None, End::To) => timestamp::parse(raw).map_err(|e| bad(name, e))?.trunc_subsecs(0) + TimeDelta::seconds(1),
     };
     // PostgreSQL's range is wider, but no order lives outside this one, and staying in it
-    // keeps every bound (and its echo) printable as YYYY-MM-DD.
-    if !timestamp::representable(at) {
+    // keeps every bound (and its echo) printable as YYYY-MM-DD. An upper bound is echoed
+    // as the last instant it includes: 9999-12-31 is a bound, though its end is in 10000.
+    let included = match end {
+        End::From => at,
+        End::To => at - TimeDelta::seconds(1),
+    };
+    if !timestamp::representable(included) {
         return Err(bad(name, format!("{raw:?} is outside the years 0001 to 9999")));
     }
     Ok(Some(at))
