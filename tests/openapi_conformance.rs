@@ -17,7 +17,7 @@ use common::*;
 use serde_json::Value;
 
 /// Test cases per operation and phase: about 1-3 minutes on a shared two-core machine.
-const MAX_EXAMPLES: &str = "100";
+const MAX_EXAMPLES: &str = "200";
 
 fn schemathesis() -> String {
     let st = std::env::var("ORDER_CDC_SCHEMATHESIS")
