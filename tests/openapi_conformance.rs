@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::server::{KEY_1, TOKEN};
+use common::server::{serve_config_file, TOKEN};
 use common::*;
 use serde_json::Value;
 
@@ -56,16 +56,7 @@ async fn the_server_conforms_to_its_openapi_document() {
     order_cdc::store::demo::load(&mut client, 200, 2).await.expect("demo orders");
     let (api_port, metrics_port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let config = dir.path().join("serve.toml");
-    std::fs::write(
-        &config,
-        format!(
-            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[server]\nlisten = \"127.0.0.1:{api_port}\"\ntenant = \"acme\"\n\
-             database_url = \"{}\"\ntokens = [\"{TOKEN}\"]\ncursor_keys = {{ k1 = \"{KEY_1}\" }}\ncursor_key = \"k1\"\n",
-            db.url
-        ),
-    )
-    .unwrap();
+    let config = serve_config_file(dir.path(), &db.url, api_port, metrics_port);
     let log = dir.path().join("serve.log");
     let mut serve = Command::new(binary())
         .arg("--config")
