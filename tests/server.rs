@@ -473,16 +473,7 @@ async fn the_serve_command_runs_and_counts_requests() {
     insert_orders(&client, 1, 5, "now() - interval '1 hour'").await;
     let (api_port, metrics_port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("serve.toml");
-    std::fs::write(
-        &path,
-        format!(
-            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[server]\nlisten = \"127.0.0.1:{api_port}\"\ntenant = \"acme\"\n\
-             database_url = \"{}\"\ntokens = [\"{TOKEN}\"]\ncursor_keys = {{ k1 = \"{KEY_1}\" }}\ncursor_key = \"k1\"\n",
-            db.url
-        ),
-    )
-    .unwrap();
+    let path = serve_config_file(dir.path(), &db.url, api_port, metrics_port);
     let mut serve = std::process::Command::new(binary())
         .arg("--config")
         .arg(&path)

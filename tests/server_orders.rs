@@ -552,3 +552,29 @@ async fn demo_load_fills_the_listing() {
     assert!(!ids_of(&server, "q=C0001&per_page=250").await.is_empty(), "customer codes are searched");
     db.drop_db().await;
 }
+
+/// The last day RFC 3339 can write is a valid upper bound, though its end (exclusive) is
+/// in the year 10000, and an instant past it is a 400 naming the parameter; the last page
+/// is one number whatever per_page is (both found by schemathesis).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_last_day_and_the_last_page_are_documented_bounds() {
+    let (db, client) = TestDb::migrated().await;
+    twelve_orders(&client).await;
+    let server = TestServer::start(config(&db.url)).await;
+    let every = list(&server, "").await.1["meta"]["pagination"]["total"].clone();
+    for to in ["9999-12-31", "9999-12-31 23:59:59", "9999-12-31T23:59:59.5Z"] {
+        let (status, page) = list(&server, &format!("filter_on=updated_at&date_from=0001-01-01&date_to={to}")).await;
+        assert_eq!((status, &page["meta"]["pagination"]["total"]), (200, &every), "{to}: {page}");
+        assert_eq!(page["meta"]["filters"]["date_to"], "9999-12-31 23:59:59", "{to}");
+    }
+    let (status, body) = list(&server, "placed_to=9999-12-31T23:59:59-00:01").await;
+    assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_parameter")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("placed_to:"), "{body}");
+    // One last page for every per_page, as documented.
+    let last = order_cdc::server::orders::MAX_PAGE;
+    assert_eq!(list(&server, &format!("page={last}&per_page=250")).await.0, 200);
+    let (status, body) = list(&server, &format!("page={}&per_page=1", last + 1)).await;
+    assert_eq!((status, body["error"]["type"].as_str()), (422, Some("unprocessable_parameter")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("page:"), "{body}");
+    db.drop_db().await;
+}

@@ -587,3 +587,28 @@ async fn listings_use_indexes_on_a_large_table() {
     println!("loaded 200,000 orders in {loaded:?}");
     db.drop_db().await;
 }
+
+/// count.json takes GET alone, and its 405s say so in `Allow` (found by schemathesis: the
+/// order route's methods were advertised, and the handler's 405 had no `Allow`); the last
+/// page is one number whatever the size.
+#[tokio::test(flavor = "multi_thread")]
+async fn count_json_405s_list_the_methods_it_takes_and_the_last_page_is_documented() {
+    let (db, client) = TestDb::migrated().await;
+    orders(&client).await;
+    let server = TestServer::start(config(&db.url)).await;
+    for method in [Method::PUT, Method::DELETE, Method::OPTIONS, Method::POST] {
+        let r = server.http.request(method.clone(), format!("{}{ORDERS}/count.json", server.base)).bearer_auth(TOKEN).send().await.unwrap();
+        assert_eq!(r.status(), 405, "{method}");
+        assert_eq!(r.headers()[reqwest::header::ALLOW], "GET,HEAD", "{method}");
+        let body: Value = r.json().await.unwrap();
+        assert_eq!(body["error"]["type"], "method_not_allowed", "{method}");
+    }
+    assert_eq!(get(&server, &format!("{ORDERS}/count.json")).await.0, 200);
+    // One last page for every size, as documented (found by schemathesis).
+    let last = order_cdc::server::webstore::MAX_PAGE;
+    assert_eq!(get(&server, &format!("{ORDERS}.json?page={last}&size=80")).await, (200, json!([])));
+    let (status, body) = get(&server, &format!("{ORDERS}.json?page={}&size=20", last + 1)).await;
+    assert_eq!((status, body["error"]["type"].as_str()), (400, Some("invalid_parameter")), "{body}");
+    assert!(body["error"]["message"].as_str().unwrap().starts_with("page:"), "{body}");
+    db.drop_db().await;
+}

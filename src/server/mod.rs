@@ -132,6 +132,7 @@ pub fn router(state: Arc<AppState>, max_body_bytes: usize) -> Router {
         .route("/sales-orders", post(create::create))
         // Seed 003: the store handle is `[server].tenant` (another is a 404), after auth.
         .route("/{store}/api/v2/sales/orders.json", get(webstore::list))
+        .route("/{store}/api/v2/sales/orders/count.json", get(webstore::count))
         .route("/{store}/api/v2/sales/orders/{file}", get(webstore::get).put(webstore::put).delete(webstore::delete))
         .route_layer(middleware::from_fn_with_state(state.clone(), auth::require_bearer));
     Router::new()

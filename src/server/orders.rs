@@ -29,6 +29,9 @@ use crate::timestamp;
 
 pub const DEFAULT_PER_PAGE: i64 = 50;
 pub const MAX_PER_PAGE: i64 = 250;
+/// The last page whose offset fits in 64 bits at every per_page: one bound, whatever the
+/// page size, so the document can state it.
+pub const MAX_PAGE: i64 = i64::MAX / MAX_PER_PAGE + 1;
 
 /// The seed's sortable fields and the SQL each sorts by (over `t`, the order, and `c`,
 /// its customer). `id` is deliberately absent: it is the implicit last key.
@@ -120,8 +123,13 @@ fn bound(pairs: &Pairs, name: &str, end: End) -> Result<Option<DateTime<Utc>>, A
         (None, End::To) => timestamp::parse(raw).map_err(|e| bad(name, e))?.trunc_subsecs(0) + TimeDelta::seconds(1),
     };
     // PostgreSQL's range is wider, but no order lives outside this one, and staying in it
-    // keeps every bound (and its echo) printable as YYYY-MM-DD.
-    if !timestamp::representable(at) {
+    // keeps every bound (and its echo) printable as YYYY-MM-DD. An upper bound is echoed
+    // as the last instant it includes: 9999-12-31 is a bound, though its end is in 10000.
+    let included = match end {
+        End::From => at,
+        End::To => at - TimeDelta::seconds(1),
+    };
+    if !timestamp::representable(included) {
         return Err(bad(name, format!("{raw:?} is outside the years 0001 to 9999")));
     }
     Ok(Some(at))
@@ -254,10 +262,10 @@ impl Listing {
         };
         let page = match integer(pairs, "page")? {
             None => 1,
-            Some(n) if n >= 1 => n,
-            Some(n) => return Err(unacceptable("page", format!("must be 1 or more, not {n}"))),
+            Some(n) if (1..=MAX_PAGE).contains(&n) => n,
+            Some(n) => return Err(unacceptable("page", format!("must be from 1 to {MAX_PAGE}, not {n}"))),
         };
-        let offset = (page - 1).checked_mul(per_page).ok_or_else(|| unacceptable("page", "is too large"))?;
+        let offset = (page - 1) * per_page;
 
         let count_params = w.params.len();
         let from = format!("{schema}.sales_orders t LEFT JOIN {schema}.customers c ON c.id = t.customer_id");

@@ -32,6 +32,9 @@ use crate::timestamp;
 /// `size`: seed 003's page sizes, and its default.
 pub const SIZES: &[i64] = &[20, 40, 80];
 pub const DEFAULT_SIZE: i64 = 40;
+/// The last page whose offset fits in 64 bits at every size: one bound, whatever the size,
+/// so the document can state it.
+pub const MAX_PAGE: i64 = i64::MAX / 80;
 
 /// Seed 003's order statuses.
 pub const STATUSES: &[&str] = &["pending", "invoiced", "shipped", "returned"];
@@ -237,10 +240,10 @@ impl Listing {
         };
         let page = match integer(pairs, "page")? {
             None => 0,
-            Some(n) if n >= 0 => n,
-            Some(n) => return Err(bad("page", format!("starts at 0, not {n}"))),
+            Some(n) if (0..=MAX_PAGE).contains(&n) => n,
+            Some(n) => return Err(bad("page", format!("must be from 0 to {MAX_PAGE}, not {n}"))),
         };
-        let offset = page.checked_mul(size).ok_or_else(|| bad("page", "is too large"))?;
+        let offset = page * size;
 
         let count_params = w.params.len();
         let conditions = w.conditions.join(" AND ");
@@ -278,32 +281,23 @@ fn path_error(e: PathRejection) -> ApiError {
     ApiError::bad_request("invalid_path", e.body_text())
 }
 
-/// What `…/orders/{file}` names.
-enum Target {
-    Count,
-    Order(String),
-}
-
 fn is_uuid(s: &str) -> bool {
     s.len() == 32 && s.bytes().all(|b| b.is_ascii_hexdigit())
 }
 
-fn target(state: &AppState, path: Result<Path<(String, String)>, PathRejection>) -> Result<Target, ApiError> {
+/// The order `…/orders/{file}` names: `<uuid>.json` (count.json has a route of its own, so
+/// its 405s list the one method it takes).
+fn target(state: &AppState, path: Result<Path<(String, String)>, PathRejection>) -> Result<String, ApiError> {
     let Path((store, file)) = path.map_err(path_error)?;
     check_store(state, &store)?;
     match file.strip_suffix(".json") {
-        Some("count") => Ok(Target::Count),
-        Some(uuid) if is_uuid(uuid) => Ok(Target::Order(uuid.to_ascii_lowercase())),
+        Some(uuid) if is_uuid(uuid) => Ok(uuid.to_ascii_lowercase()),
         _ => Err(ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no order {file:?}: an order is <uuid>.json, 32 hex digits"))),
     }
 }
 
 fn no_order(uuid: &str) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, "not_found", format!("no order with uuid {uuid}"))
-}
-
-fn count_takes_get_only() -> ApiError {
-    ApiError::new(StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed", "count.json takes GET only")
 }
 
 fn pairs(query: Option<String>) -> Vec<(String, String)> {
@@ -322,29 +316,24 @@ pub async fn list(State(state): State<Arc<AppState>>, store: Result<Path<String>
     Ok(json(StatusCode::OK, body))
 }
 
-/// `GET …/orders/count.json` (the bare integer for the listing's filters) and
-/// `GET …/orders/{uuid}.json` (one document).
-pub async fn get(
-    State(state): State<Arc<AppState>>,
-    path: Result<Path<(String, String)>, PathRejection>,
-    RawQuery(query): RawQuery,
-) -> Result<Response, ApiError> {
-    match target(&state, path)? {
-        Target::Count => {
-            let listing = Listing::parse(&pairs(query), &state.webstore)?;
-            let client = state.pool.get().await.map_err(ApiError::database)?;
-            let statement = client.prepare_cached(&listing.count_sql).await.map_err(ApiError::database)?;
-            let row = client.query_one(&statement, &listing.params()[..listing.count_params]).await.map_err(ApiError::database)?;
-            Ok(json(StatusCode::OK, row.get::<_, i64>(0).to_string()))
-        }
-        Target::Order(uuid) => {
-            let client = state.pool.get().await.map_err(ApiError::database)?;
-            let statement = client.prepare_cached(&state.webstore.one).await.map_err(ApiError::database)?;
-            match client.query_opt(&statement, &[&uuid]).await.map_err(ApiError::database)? {
-                Some(row) => Ok(json(StatusCode::OK, row.get(0))),
-                None => Err(no_order(&uuid)),
-            }
-        }
+/// `GET …/orders/count.json`: the bare integer for the listing's filters.
+pub async fn count(State(state): State<Arc<AppState>>, store: Result<Path<String>, PathRejection>, RawQuery(query): RawQuery) -> Result<Response, ApiError> {
+    check_store(&state, &store.map_err(path_error)?.0)?;
+    let listing = Listing::parse(&pairs(query), &state.webstore)?;
+    let client = state.pool.get().await.map_err(ApiError::database)?;
+    let statement = client.prepare_cached(&listing.count_sql).await.map_err(ApiError::database)?;
+    let row = client.query_one(&statement, &listing.params()[..listing.count_params]).await.map_err(ApiError::database)?;
+    Ok(json(StatusCode::OK, row.get::<_, i64>(0).to_string()))
+}
+
+/// `GET …/orders/{uuid}.json`: one document.
+pub async fn get(State(state): State<Arc<AppState>>, path: Result<Path<(String, String)>, PathRejection>) -> Result<Response, ApiError> {
+    let uuid = target(&state, path)?;
+    let client = state.pool.get().await.map_err(ApiError::database)?;
+    let statement = client.prepare_cached(&state.webstore.one).await.map_err(ApiError::database)?;
+    match client.query_opt(&statement, &[&uuid]).await.map_err(ApiError::database)? {
+        Some(row) => Ok(json(StatusCode::OK, row.get(0))),
+        None => Err(no_order(&uuid)),
     }
 }
 
@@ -354,7 +343,7 @@ pub async fn put(
     path: Result<Path<(String, String)>, PathRejection>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let Target::Order(uuid) = target(&state, path)? else { return Err(count_takes_get_only()) };
+    let uuid = target(&state, path)?;
     let body = body.map_err(|e| ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, "payload_too_large", e.body_text()))?;
     let value: serde_json::Value =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request("invalid_json", format!("the body is not valid JSON: {e}")))?;
@@ -365,7 +354,7 @@ pub async fn put(
 /// `DELETE …/orders/{uuid}.json`: the order stops being active, as deletions are seen by
 /// the export and the Postgres source (`sales_order.deleted`); later GETs are 404.
 pub async fn delete(State(state): State<Arc<AppState>>, path: Result<Path<(String, String)>, PathRejection>) -> Result<Response, ApiError> {
-    let Target::Order(uuid) = target(&state, path)? else { return Err(count_takes_get_only()) };
+    let uuid = target(&state, path)?;
     let client = state.pool.get().await.map_err(ApiError::database)?;
     let deleted = client
         .execute(&format!("UPDATE {}.sales_orders SET status = 'Deleted' WHERE uuid = $1 AND status = 'Active'", state.webstore.schema), &[&uuid])

@@ -2,6 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use order_cdc::config::{CutoffKind, ServerConfig};
@@ -27,6 +28,21 @@ pub fn config(db_url: &str) -> ServerConfig {
         cutoff_lag: std::time::Duration::from_secs(5),
         cutoff_max_hold: std::time::Duration::from_secs(900),
     }
+}
+
+/// A configuration file for the `serve` binary in `dir`: the API on `api_port`, metrics
+/// on `metrics_port`, tenant acme, the test token and cursor key k1. Returns its path.
+pub fn serve_config_file(dir: &Path, db_url: &str, api_port: u16, metrics_port: u16) -> PathBuf {
+    let path = dir.join("serve.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[metrics]\nlisten = \"127.0.0.1:{metrics_port}\"\n[server]\nlisten = \"127.0.0.1:{api_port}\"\ntenant = \"acme\"\n\
+             database_url = \"{db_url}\"\ntokens = [\"{TOKEN}\"]\ncursor_keys = {{ k1 = \"{KEY_1}\" }}\ncursor_key = \"k1\"\n"
+        ),
+    )
+    .unwrap();
+    path
 }
 
 pub struct TestServer {
