@@ -44,7 +44,9 @@ enum Command {
     /// Print the configuration reference (every key, its type, default and environment
     /// variable) as Markdown.
     ConfigReference,
-    /// Load demo orders into the reference schema in [database].url.
+    /// Load demo orders into the reference schema in [database].url. Load before `run`:
+    /// the orders are back-dated (see `store::demo::load`), so a daemon already running may
+    /// have passed them.
     DemoLoad {
         #[arg(long, default_value_t = 1000)]
         orders: i64,

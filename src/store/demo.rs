@@ -16,6 +16,11 @@ const CHUNK: i64 = 50_000;
 /// columns' defaults. Their `updated_at` values are spread one millisecond apart,
 /// ending now. Returns the number of orders inserted.
 ///
+/// Why this is a tool for an idle database: those values lie before the load's own
+/// transactions began, which no writer of a real order system does (`updated_at` is its
+/// transaction's `now()`), so the late-commit guard cannot hold a cutoff for them, and a
+/// daemon running during the load may pass some of them for good. Load, then run.
+///
 /// Bulk loading skips the triggers (`session_replication_role = replica`, which needs a
 /// superuser): otherwise each item would touch its order once more. So the history's first
 /// entry, which the trigger would write, is written here.
