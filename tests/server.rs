@@ -406,6 +406,8 @@ async fn create_takes_what_the_document_allows_and_names_what_it_refuses() {
         (refused(&|b| b["items"][1]["product_id"] = json!(0)), "items[1].product_id", "product 0 does not exist"),
         (refused(&|b| b["discount_total"] = json!(124.99)), "discount_total", "must not exceed the items' total"),
         (refused(&|b| b["tags"] = json!(["\u{3000}\u{85}"])), "tags[0]", "must be a non-blank string of at most 255 characters without NUL"),
+        // -9223372036854775809 reaches serde_json as this f64: below i64, refused.
+        (refused(&|b| b["channel_id"] = json!(-9_223_372_036_854_775_808.0_f64)), "channel_id", "must be an integer"),
     ];
     for (request, field, message) in cases {
         let (status, body) = server.post("/sales-orders", &request).await;

@@ -85,7 +85,9 @@ impl Checker {
             }
             None | Some(Value::Null) => None,
             // JSON Schema counts 1.0 as an integer, so the OpenAPI document's generators send it.
-            Some(v) => v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && (-I64_BOUND..I64_BOUND).contains(f)).map(|f| f as i64)).or_else(|| {
+            // An integer beyond i64 also reaches here as an f64, rounded: -2^63 - 1 becomes
+            // -2^63, so ±2^63 as floats are refused (the document's bounds are i64's).
+            Some(v) => v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < I64_BOUND).map(|f| f as i64)).or_else(|| {
                 self.fail(path, "must be an integer");
                 None
             }),
@@ -799,12 +801,24 @@ mod tests {
     }
 
     #[test]
-    fn dates_read_back_as_written_and_integers_reach_i64_min() {
+    fn dates_read_back_as_written() {
         let mut b = minimal();
         b["order_date"] = json!("+999-01-01");
         b["ship_date"] = json!("2024-1-015");
-        b["channel_id"] = json!(-9_223_372_036_854_775_808.0);
         assert_eq!(fields(b), vec!["order_date", "ship_date"]);
+    }
+
+    /// schemathesis sent channel_id -9223372036854775809 (below i64), which serde_json
+    /// reads as the f64 -2^63: it must stay refused, as must 2^63.
+    #[test]
+    fn integers_beyond_i64_are_refused_even_as_floats() {
+        let body = |n: &str| serde_json::from_str::<Value>(&minimal().to_string().replacen("\"channel_id\":1", &format!("\"channel_id\":{n}"), 1)).unwrap();
+        for n in ["-9223372036854775809", "9223372036854775808", "-9223372036854775808.0", "1e19"] {
+            assert_eq!(fields(body(n)), vec!["channel_id"], "{n}");
+        }
+        for n in ["-9223372036854775808", "9223372036854775807", "4.0", "-1e18"] {
+            assert!(fields(body(n)).is_empty(), "{n}");
+        }
     }
 
     #[test]
