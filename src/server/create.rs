@@ -125,10 +125,8 @@ impl Checker {
         let s = self.text(obj, key, key, required, None)?;
         // Year 0000 would be stored as 1 BC and shown as 0001, and chrono also reads `+999-01-01`:
         // only a date that reads back as written is taken.
-        NaiveDate::parse_from_str(&s, "%Y-%m-%d")
-            .ok()
-            .filter(|d| timestamp::YEARS.contains(&d.year()) && d.format("%Y-%m-%d").to_string() == s)
-            .or_else(|| {
+        let read = NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok();
+        read.filter(|d| timestamp::YEARS.contains(&d.year()) && d.format("%Y-%m-%d").to_string() == s).or_else(|| {
             self.fail(key, "must be a date as YYYY-MM-DD in the years 0001 to 9999");
             None
         })
@@ -227,8 +225,8 @@ pub(super) fn is_email(s: &str) -> bool {
 
 const NUL: &str = "must not contain NUL characters";
 
-/// Blank as openapi.json's patterns see it (`[^\x00\s]` there lists these characters:
-/// Rust's whitespace, which ECMA's `\s` does not quite match).
+/// Only whitespace: Rust's, which openapi.json's not-blank patterns list character by
+/// character (ECMA's `\s` differs in U+0085 and U+FEFF).
 fn is_blank(s: &str) -> bool {
     s.chars().all(char::is_whitespace)
 }
