@@ -85,6 +85,8 @@ impl Checker {
             }
             None | Some(Value::Null) => None,
             // JSON Schema counts 1.0 as an integer, so the OpenAPI document's generators send it.
+            // An integer beyond i64 also reaches here as an f64, rounded: -2^63 - 1 becomes
+            // -2^63, so ±2^63 as floats are refused (the document's bounds are i64's).
             Some(v) => v.as_i64().or_else(|| v.as_f64().filter(|f| f.fract() == 0.0 && f.abs() < I64_BOUND).map(|f| f as i64)).or_else(|| {
                 self.fail(path, "must be an integer");
                 None
@@ -99,7 +101,11 @@ impl Checker {
                 None
             }
             None | Some(Value::Null) => None,
-            Some(Value::String(s)) if required && s.trim().is_empty() => {
+            Some(Value::String(s)) if s.contains('\0') => {
+                self.fail(path, NUL);
+                None
+            }
+            Some(Value::String(s)) if required && is_blank(s) => {
                 self.fail(path, "must not be empty");
                 None
             }
@@ -117,8 +123,10 @@ impl Checker {
 
     fn date(&mut self, obj: &Map<String, Value>, key: &str, required: bool) -> Option<NaiveDate> {
         let s = self.text(obj, key, key, required, None)?;
-        // Year 0000 would be stored as 1 BC and shown as 0001: only what is shown is taken.
-        NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok().filter(|d| s.len() == 10 && timestamp::YEARS.contains(&d.year())).or_else(|| {
+        // Year 0000 would be stored as 1 BC and shown as 0001, and chrono also reads `+999-01-01`:
+        // only a date that reads back as written is taken.
+        let read = NaiveDate::parse_from_str(&s, "%Y-%m-%d").ok();
+        read.filter(|d| timestamp::YEARS.contains(&d.year()) && d.format("%Y-%m-%d").to_string() == s).or_else(|| {
             self.fail(key, "must be a date as YYYY-MM-DD in the years 0001 to 9999");
             None
         })
@@ -129,19 +137,16 @@ impl Checker {
         match obj.get(key) {
             None | Some(Value::Null) => 0,
             Some(Value::Number(n)) => match n.as_f64() {
-                Some(x) if x.is_finite() && x >= 0.0 && x * 100.0 <= MAX_CENTS as f64 => {
-                    let cents = (x * 100.0).round();
-                    if (cents / 100.0 - x).abs() > 1e-9 {
-                        self.fail(path, "must have at most two decimals");
-                    }
-                    cents as i64
-                }
                 Some(x) if x < 0.0 => {
                     self.fail(path, "must be >= 0");
                     0
                 }
+                Some(x) if x * 100.0 <= MAX_CENTS as f64 => cents(x).unwrap_or_else(|| {
+                    self.fail(path, "must have at most two decimals");
+                    0
+                }),
                 _ => {
-                    self.fail(path, format!("must be at most {}", money(MAX_CENTS)));
+                    self.fail(path, format!("must be below 10^12 (at most {})", money(MAX_CENTS)));
                     0
                 }
             },
@@ -163,11 +168,24 @@ impl Checker {
         }
     }
 
+    /// Any JSON object, stored as sent: PostgreSQL holds no NUL character in it.
+    fn json_object(&mut self, obj: &Map<String, Value>, key: &str, path: &str) -> Value {
+        let value = self.object(obj, key, path).unwrap_or_else(|| Value::Object(Map::new()));
+        if let Some(at) = nul_path(&value, path) {
+            self.fail(&at, NUL);
+        }
+        value
+    }
+
     /// An address as the order document shows it: an object of strings (or nulls).
     fn address(&mut self, obj: &Map<String, Value>, key: &str) -> Option<Value> {
         let address = self.object(obj, key, key)?;
         for (member, value) in address.as_object().into_iter().flatten() {
-            if !(value.is_string() || value.is_null()) {
+            if member.contains('\0') {
+                self.fail(key, "must not contain NUL characters in its keys");
+            } else if value.as_str().is_some_and(|s| s.contains('\0')) {
+                self.fail(&format!("{key}.{member}"), NUL);
+            } else if !(value.is_string() || value.is_null()) {
                 self.fail(&format!("{key}.{member}"), "must be a string or null");
             }
         }
@@ -181,8 +199,8 @@ impl Checker {
                 let mut out = Vec::new();
                 for (i, t) in tags.iter().enumerate() {
                     match t.as_str() {
-                        Some(s) if !s.trim().is_empty() && s.chars().count() <= MAX_TEXT => out.push(s.to_string()),
-                        _ => self.fail(&format!("{path}[{i}]"), "must be a non-empty string of at most 255 characters"),
+                        Some(s) if !is_blank(s) && !s.contains('\0') && s.chars().count() <= MAX_TEXT => out.push(s.to_string()),
+                        _ => self.fail(&format!("{path}[{i}]"), "must be a non-blank string of at most 255 characters without NUL"),
                     }
                 }
                 out
@@ -205,16 +223,25 @@ pub(super) fn is_email(s: &str) -> bool {
         && !domain.contains('@')
 }
 
+const NUL: &str = "must not contain NUL characters";
+
+/// Only whitespace: Rust's, which openapi.json's not-blank patterns list character by
+/// character (ECMA's `\s` differs in U+0085 and U+FEFF).
+fn is_blank(s: &str) -> bool {
+    s.chars().all(char::is_whitespace)
+}
+
 /// PostgreSQL text cannot hold NUL characters; find the first field that has one.
 pub(super) fn nul_path(value: &Value, path: &str) -> Option<String> {
     match value {
         Value::String(s) if s.contains('\0') => Some(path.to_string()),
         Value::Array(items) => items.iter().enumerate().find_map(|(i, v)| nul_path(v, &format!("{path}[{i}]"))),
         Value::Object(map) => map.iter().find_map(|(k, v)| {
+            let at = if path.is_empty() { k.escape_debug().to_string() } else { format!("{path}.{}", k.escape_debug()) };
             if k.contains('\0') {
-                return Some(path.to_string());
+                return Some(at);
             }
-            nul_path(v, &if path.is_empty() { k.clone() } else { format!("{path}.{k}") })
+            nul_path(v, &at)
         }),
         _ => None,
     }
@@ -222,6 +249,20 @@ pub(super) fn nul_path(value: &Value, path: &str) -> Option<String> {
 
 /// The largest amount a `numeric(14,2)` column holds, in cents.
 pub(super) const MAX_CENTS: i64 = 100_000_000_000_000 - 1;
+/// `x` in cents when it has at most two decimals as written: Rust prints an f64 as the
+/// shortest decimal that reads back as it (0.57, not 0.5700000000000001), so this is
+/// exact where `x * 100` is not, and agrees with JSON Schema's `multipleOf: 0.01`.
+fn cents(x: f64) -> Option<i64> {
+    let written = x.to_string();
+    let (whole, fraction) = written.split_once('.').unwrap_or((&written, ""));
+    if fraction.len() > 2 {
+        return None;
+    }
+    let whole: i64 = whole.parse().ok()?;
+    let fraction: i64 = format!("{fraction:0<2}").parse().ok()?;
+    Some(whole * 100 + fraction)
+}
+
 /// 2^63: whole numbers written with a fraction (`1.0`) below it in magnitude fit an i64.
 const I64_BOUND: f64 = 9_223_372_036_854_775_808.0;
 
@@ -229,10 +270,6 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     let Some(obj) = body.as_object() else {
         return Err(ApiError::validation(vec![FieldError { field: "body".into(), message: "must be a JSON object".into() }]));
     };
-    if let Some(path) = nul_path(body, "") {
-        let field = if path.is_empty() { "body".to_string() } else { path };
-        return Err(ApiError::validation(vec![FieldError { field, message: "must not contain NUL characters".into() }]));
-    }
     let mut c = Checker { errors: Vec::new() };
     let channel_id = c.integer(obj, "channel_id", "channel_id", true);
     let order_number = c.text(obj, "order_number", "order_number", true, Some(MAX_TEXT));
@@ -265,7 +302,7 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
     let total_tax = c.money(obj, "total_tax", "total_tax");
     let total_shipping = c.money(obj, "total_shipping", "total_shipping");
     let discount_total = c.money(obj, "discount_total", "discount_total");
-    let custom_fields = c.object(obj, "custom_fields", "custom_fields").unwrap_or_else(|| Value::Object(Map::new()));
+    let custom_fields = c.json_object(obj, "custom_fields", "custom_fields");
     let tags = c.tags(obj, "tags", "tags");
     let mut items = Vec::new();
     match obj.get("items") {
@@ -285,7 +322,7 @@ fn validate(body: &Value) -> Result<NewOrder, ApiError> {
                 }
                 let unit_price = c.money(item, "unit_price", &path("unit_price"));
                 let item_tags = c.tags(item, "tags", &path("tags"));
-                let item_fields = c.object(item, "custom_fields", &path("custom_fields")).unwrap_or_else(|| Value::Object(Map::new()));
+                let item_fields = c.json_object(item, "custom_fields", &path("custom_fields"));
                 if let (Some(product_id), Some(quantity)) = (product_id, quantity) {
                     items.push(NewItem { product_id, quantity, unit_price, tags: Value::from(item_tags), custom_fields: item_fields });
                 }
@@ -670,7 +707,7 @@ mod tests {
         };
         let message = |field: &str| messages.iter().find(|(f, _)| f == field).map(|(_, m)| m.as_str()).unwrap_or_default();
         assert_eq!(message("items[0].quantity"), "must be an integer");
-        assert_eq!(message("total_tax"), "must be at most 999999999999.99");
+        assert_eq!(message("total_tax"), "must be below 10^12 (at most 999999999999.99)");
         assert_eq!(message("total_shipping"), "must be >= 0");
         assert_eq!(message("discount_total"), "must be a number");
     }
@@ -697,6 +734,28 @@ mod tests {
             assert!(field["description"].as_str().unwrap().contains(description), "{field}");
         }
         assert!(schemas["Date"]["pattern"].as_str().unwrap().starts_with("^(000[1-9]|"), "the date pattern refuses year 0000");
+        for id in [&item["product_id"], &order["properties"]["company_id"], &order["properties"]["customer_id"]] {
+            assert_eq!(id["minimum"], 1, "ids start at 1, so generators try existing ones: {id}");
+        }
+        assert_eq!(schemas["Address"]["propertyNames"]["pattern"], "^[^\\x00]*$");
+        for fields in [&order["properties"]["custom_fields"], &item["custom_fields"]] {
+            assert_eq!(fields["anyOf"][0]["$ref"], "#/components/schemas/CustomFields");
+        }
+        let blank = format!("^[^\\x00]*[^\\x00{}][^\\x00]*$", whitespace_class());
+        assert_eq!((&order["properties"]["order_number"]["pattern"], &schemas["Tag"]["pattern"]), (&json!(blank), &json!(blank)));
+    }
+
+    /// The characters `is_blank` counts as whitespace, as a regex class body (`\x09-\x0d…`).
+    fn whitespace_class() -> String {
+        let escape = |c: char| if (c as u32) < 0x100 { format!("\\x{:02x}", c as u32) } else { format!("\\u{:04x}", c as u32) };
+        let mut runs: Vec<(char, char)> = Vec::new();
+        for c in (char::MIN..=char::MAX).filter(|c| c.is_whitespace()) {
+            match runs.last_mut() {
+                Some((_, end)) if *end as u32 + 1 == c as u32 => *end = c,
+                _ => runs.push((c, c)),
+            }
+        }
+        runs.iter().map(|&(a, b)| if a == b { escape(a) } else { format!("{}-{}", escape(a), escape(b)) }).collect()
     }
 
     #[test]
@@ -704,6 +763,62 @@ mod tests {
         let mut b = minimal();
         b["custom_fields"] = json!({"note": "a\u{0}b"});
         assert_eq!(fields(b), vec!["custom_fields.note"]);
+    }
+
+    /// Only what is stored must be free of NUL: members the order does not know are
+    /// ignored, as openapi.json (without additionalProperties: false) allows them.
+    #[test]
+    fn nul_characters_count_only_where_stored() {
+        let mut b = minimal();
+        b["extra\u{0}"] = json!(["a\u{0}"]);
+        b["items"][0]["note"] = json!("x\u{0}");
+        assert!(fields(b.clone()).is_empty());
+        b["bill_to"] = json!({"name\u{0}": "A", "city": "B\u{0}"});
+        b["order_number"] = json!("ORD\u{0}1");
+        b["tags"] = json!(["a\u{0}"]);
+        b["items"][0]["custom_fields"] = json!({"k": [{"k\u{0}": 1}]});
+        assert_eq!(fields(b), vec!["order_number", "bill_to.city", "bill_to", "tags[0]", "items[0].custom_fields.k[0].k\\0"]);
+    }
+
+    /// Two decimals as written, like JSON Schema's `multipleOf: 0.01` (which jsonschema-rs
+    /// checks exactly): 0.5700000000000001 and 1e-10 are not amounts, 10.05 is 1005 cents.
+    #[test]
+    fn money_has_two_decimals_exactly() {
+        assert_eq!(cents(10.05), Some(1005));
+        assert_eq!(cents(0.57), Some(57));
+        assert_eq!(cents(0.1), Some(10));
+        assert_eq!(cents(7.0), Some(700));
+        assert_eq!(cents(999_999_999_999.99), Some(MAX_CENTS));
+        assert_eq!(cents(0.5700000000000001), None);
+        assert_eq!(cents(1e-10), None);
+        assert_eq!(cents(0.005), None);
+        let mut b = minimal();
+        b["total_tax"] = json!(0.5700000000000001);
+        b["total_shipping"] = json!(0.57);
+        assert_eq!(fields(b), vec!["total_tax"]);
+    }
+
+    #[test]
+    fn dates_read_back_as_written() {
+        let mut b = minimal();
+        b["order_date"] = json!("+999-01-01");
+        b["ship_date"] = json!("2024-1-015");
+        assert_eq!(fields(b), vec!["order_date", "ship_date"]);
+    }
+
+    /// schemathesis sent channel_id -9223372036854775809 (below i64), which serde_json
+    /// reads as the f64 -2^63: it must stay refused, as must 2^63.
+    #[test]
+    fn integers_beyond_i64_are_refused_even_as_floats() {
+        let body = |n: &str| serde_json::from_str::<Value>(&minimal().to_string().replacen("\"channel_id\":1", &format!("\"channel_id\":{n}"), 1)).unwrap();
+        for n in ["-9223372036854775809", "9223372036854775808", "-9223372036854775808.0", "1e19"] {
+            assert_eq!(fields(body(n)), vec!["channel_id"], "{n}");
+        }
+        // 17 digits: serde_json reads it exactly only with float_roundtrip (else 1 ULP off,
+        // ...958.5, and schemathesis' positive product_id was refused).
+        for n in ["-9223372036854775808", "9223372036854775807", "4.0", "-1e18", "3752640921234958.0"] {
+            assert!(fields(body(n)).is_empty(), "{n}");
+        }
     }
 
     #[test]
