@@ -276,7 +276,8 @@ async fn look_again_and_again(client: Client, probing: Arc<AtomicBool>, probe: P
             .query_one(
                 "SELECT min(xact_start) FROM pg_stat_activity
                   WHERE datname = current_database() AND pid <> pg_backend_pid()
-                    AND backend_type = 'client backend' AND xact_start IS NOT NULL",
+                    AND backend_type = 'client backend' AND xact_start IS NOT NULL
+                    AND state IS DISTINCT FROM 'idle'",
                 &[],
             )
             .await

@@ -100,3 +100,43 @@ async fn a_role_without_pg_read_all_stats_falls_back_to_the_lag_with_a_warning()
     db.drop_db().await;
     let _ = client.batch_execute(&format!("DROP OWNED BY {role}; DROP ROLE {role}")).await;
 }
+
+/// A connection that only LISTENs reads each notification in a short transaction of its
+/// own while it is `idle`, and pg_stat_activity shows that transaction with the start of
+/// the connection's last statement: the LISTEN, long ago. It writes nothing, so the guard
+/// must not take it for an open transaction; it did, and while notifications flowed it
+/// held runs' cutoffs back to the LISTEN (seen in `benches/latency.rs` as stalls).
+#[tokio::test(flavor = "multi_thread")]
+async fn a_listening_connection_does_not_hold_the_cutoff() {
+    use order_cdc::store::cutoff::{self, CutoffMode};
+    let (db, client) = TestDb::migrated().await;
+    let listener = db.client().await;
+    let pid: i32 = listener.query_one("SELECT pg_backend_pid()", &[]).await.unwrap().get(0);
+    listener.batch_execute("LISTEN guard_test").await.unwrap();
+    let listened: DateTime<Utc> = client.query_one("SELECT clock_timestamp()", &[]).await.unwrap().get(0);
+    // The LISTEN must lie further back than the guard's margin for a hold to show.
+    let end = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !client.query_one("SELECT clock_timestamp() > $1::timestamptz + interval '1 s'", &[&listened]).await.unwrap().get::<_, bool>(0) {
+        assert!(std::time::Instant::now() < end, "the database clock did not pass the LISTEN");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    let notifier = db.client().await;
+    let flood = tokio::spawn(async move {
+        for i in 0..10_000 {
+            notifier.execute("SELECT pg_notify('guard_test', $1)", &[&i.to_string()]).await.unwrap();
+        }
+    });
+    let guard = db.client().await;
+    let mode = CutoffMode::Xact { max_hold: std::time::Duration::from_secs(3600) };
+    let (mut looks, mut held) = (0, 0);
+    while !flood.is_finished() {
+        let c = cutoff::cutoff(&guard, mode).await.unwrap();
+        looks += 1;
+        held += usize::from(c.held_by.is_some_and(|t| t.pid == pid));
+    }
+    flood.await.unwrap();
+    assert!(looks >= 50, "only {looks} cutoffs were taken during the notifications");
+    assert_eq!(held, 0, "{held} of {looks} cutoffs were held back by a connection that only listens");
+    drop(listener);
+    db.drop_db().await;
+}

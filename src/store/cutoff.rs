@@ -138,6 +138,15 @@ pub async fn cutoff(client: &Client, mode: CutoffMode) -> Result<Cutoff, StoreEr
         CutoffMode::Xact { max_hold } => {
             // The pid comes along so that a hold can be traced to its session; the
             // ordering is as cheap as min() on the handful of rows the view has.
+            //
+            // Not `idle` sessions: no transaction of their client is open. One shows an
+            // `xact_start` only while it reads a notification (or a cache invalidation) in
+            // a short transaction of its own, stamped with the start of its last statement:
+            // a LISTEN connection shows its LISTEN, minutes ago, and held every run it was
+            // seen by back to it. Such a transaction writes nothing. A client's own
+            // transaction shows `active` before its start appears (a statement reports
+            // itself running, then starts the transaction), and `idle in transaction`
+            // between statements; should that order ever differ, the margin covers it.
             let oldest = client
                 .query_opt(
                     "SELECT pid, xact_start FROM pg_stat_activity
@@ -145,6 +154,7 @@ pub async fn cutoff(client: &Client, mode: CutoffMode) -> Result<Cutoff, StoreEr
                         AND pid <> pg_backend_pid()
                         AND backend_type = 'client backend'
                         AND xact_start IS NOT NULL
+                        AND state IS DISTINCT FROM 'idle'
                       ORDER BY xact_start LIMIT 1",
                     &[],
                 )
