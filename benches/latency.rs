@@ -272,17 +272,7 @@ async fn look_again_and_again(client: Client, probing: Arc<AtomicBool>, probe: P
     let mut looks = Vec::new();
     while probe == Probe::On && probing.load(Ordering::Relaxed) {
         let clock: DateTime<Utc> = client.query_one("SELECT clock_timestamp()", &[]).await.unwrap().get(0);
-        let oldest: Option<DateTime<Utc>> = client
-            .query_one(
-                "SELECT min(xact_start) FROM pg_stat_activity
-                  WHERE datname = current_database() AND pid <> pg_backend_pid()
-                    AND backend_type = 'client backend' AND xact_start IS NOT NULL
-                    AND state IS DISTINCT FROM 'idle'",
-                &[],
-            )
-            .await
-            .unwrap()
-            .get(0);
+        let oldest = order_cdc::store::cutoff::oldest_open_transaction(&client).await.unwrap().map(|t| t.started);
         let snapshot: String = client.query_one("SELECT pg_current_snapshot()::text", &[]).await.unwrap().get(0);
         let mut parts = snapshot.split(':');
         let _xmin = parts.next();

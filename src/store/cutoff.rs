@@ -123,6 +123,35 @@ pub async fn can_see_other_sessions(client: &Client) -> Result<bool, StoreError>
     Ok(row.get(0))
 }
 
+/// The oldest transaction open in this database but the caller's, as the activity view
+/// shows it now: what the guard holds the cutoff at (`benches/latency.rs` probes the
+/// same view through it). The pid comes along so that a hold can be traced to its
+/// session; the ordering is as cheap as min() on the handful of rows the view has.
+///
+/// Not `idle` sessions: no transaction of their client is open. One shows an `xact_start`
+/// only while it reads a notification (or a cache invalidation) in a short transaction of
+/// its own, stamped with the start of its last statement: a LISTEN connection shows its
+/// LISTEN, minutes ago, and held every run it was seen by back to it. Such a transaction
+/// writes nothing. A client's own transaction shows `active` before its start appears (a
+/// statement reports itself running, then starts the transaction), and `idle in
+/// transaction` between statements; should that order ever differ, the margin covers it.
+pub async fn oldest_open_transaction(client: &Client) -> Result<Option<OpenTransaction>, StoreError> {
+    Ok(client
+        .query_opt(
+            "SELECT pid, xact_start FROM pg_stat_activity
+              WHERE datname = current_database()
+                AND pid <> pg_backend_pid()
+                AND backend_type = 'client backend'
+                AND xact_start IS NOT NULL
+                AND state IS DISTINCT FROM 'idle'
+              ORDER BY xact_start LIMIT 1",
+            &[],
+        )
+        .await
+        .map_err(StoreError::db("reading pg_stat_activity"))?
+        .map(|row| OpenTransaction { pid: row.get(0), started: row.get(1) }))
+}
+
 /// Computes a fresh cutoff.
 pub async fn cutoff(client: &Client, mode: CutoffMode) -> Result<Cutoff, StoreError> {
     // The clock is read first, in its own statement (its own snapshot): any transaction
@@ -136,31 +165,7 @@ pub async fn cutoff(client: &Client, mode: CutoffMode) -> Result<Cutoff, StoreEr
             Ok(Cutoff { at, holdback: lag, clock, held_by: None })
         }
         CutoffMode::Xact { max_hold } => {
-            // The pid comes along so that a hold can be traced to its session; the
-            // ordering is as cheap as min() on the handful of rows the view has.
-            //
-            // Not `idle` sessions: no transaction of their client is open. One shows an
-            // `xact_start` only while it reads a notification (or a cache invalidation) in
-            // a short transaction of its own, stamped with the start of its last statement:
-            // a LISTEN connection shows its LISTEN, minutes ago, and held every run it was
-            // seen by back to it. Such a transaction writes nothing. A client's own
-            // transaction shows `active` before its start appears (a statement reports
-            // itself running, then starts the transaction), and `idle in transaction`
-            // between statements; should that order ever differ, the margin covers it.
-            let oldest = client
-                .query_opt(
-                    "SELECT pid, xact_start FROM pg_stat_activity
-                      WHERE datname = current_database()
-                        AND pid <> pg_backend_pid()
-                        AND backend_type = 'client backend'
-                        AND xact_start IS NOT NULL
-                        AND state IS DISTINCT FROM 'idle'
-                      ORDER BY xact_start LIMIT 1",
-                    &[],
-                )
-                .await
-                .map_err(StoreError::db("reading pg_stat_activity"))?
-                .map(|row| OpenTransaction { pid: row.get(0), started: row.get(1) });
+            let oldest = oldest_open_transaction(client).await?;
             let floor = clock - chrono::Duration::from_std(max_hold).unwrap_or_default();
             let guarded_clock = clock - PUBLISH_MARGIN;
             let (at, held_by) = match oldest {
