@@ -11,6 +11,9 @@
 
 use std::time::{Duration, Instant};
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use order_cdc::config::{Config, PostgresSourceConfig, SourceConfig};
 use order_cdc::metrics::Metrics;
 use order_cdc::sink::kafka::client_config;
@@ -32,6 +35,8 @@ struct Figure {
     orders: usize,
     bytes: usize,
     elapsed: Duration,
+    /// The machine's cores busy on average meanwhile (`cpu`).
+    cores: f64,
     /// The peak resident set of the `run --once` child (the largest of its rounds).
     peak_rss: Option<u64>,
 }
@@ -40,15 +45,22 @@ impl Figure {
     fn rate(&self) -> f64 {
         self.orders as f64 / self.elapsed.as_secs_f64()
     }
+    /// The machine's CPU time per order, in core-microseconds: every process's, the
+    /// database's and the broker's included.
+    fn cpu_per_order(&self) -> f64 {
+        self.cores * self.elapsed.as_secs_f64() * 1e6 / self.orders.max(1) as f64
+    }
     fn print(&self) {
         let rss = self.peak_rss.map(|kb| format!(" {:>5} MB peak RSS", kb / 1024)).unwrap_or_default();
         println!(
-            "{:<58} {:>8} orders {:>7.2} s {:>9.0} orders/s {:>7.1} MB/s{rss}",
+            "{:<58} {:>8} orders {:>7.2} s {:>9.0} orders/s {:>7.1} MB/s {:>5.2} cores busy {:>6.1} core-µs/order{rss}",
             self.name,
             self.orders,
             self.elapsed.as_secs_f64(),
             self.rate(),
-            self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64()
+            self.bytes as f64 / 1e6 / self.elapsed.as_secs_f64(),
+            self.cores,
+            self.cpu_per_order()
         );
     }
 }
@@ -73,6 +85,7 @@ async fn bench(config_path: std::path::PathBuf) {
             .unwrap();
         let producer: FutureProducer = cfg.create().unwrap();
         let started = Instant::now();
+        let clock = cpu::Clock::start();
         let mut pending = Vec::with_capacity(documents.len());
         for (key, doc) in &documents {
             loop {
@@ -88,7 +101,7 @@ async fn bench(config_path: std::path::PathBuf) {
         for d in pending {
             d.await.unwrap().expect("delivered");
         }
-        let f = Figure { name: "(c) rdkafka producer alone", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed(), peak_rss: None };
+        let f = Figure { name: "(c) rdkafka producer alone", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed(), cores: clock.cores_busy(), peak_rss: None };
         if best_c.as_ref().is_none_or(|c| f.elapsed < c.elapsed) {
             best_c = Some(f);
         }
@@ -129,6 +142,7 @@ async fn bench(config_path: std::path::PathBuf) {
     let floor = b.rate().min(c.rate());
     println!("ratio a / min(b, c) = {:.2}", a.rate() / floor);
     println!("ratio a / serial(b, c) = {:.2}", a.rate() / serial(&b, &c));
+    cpu_bound("a", &a, &b, &c);
     x.print();
     println!("ratio x / a = {:.2}", x.rate() / a.rate());
     for (short, b_k, a_k) in &others {
@@ -136,6 +150,7 @@ async fn bench(config_path: std::path::PathBuf) {
         a_k.print();
         println!("ratio a_{short} / min(b_{short}, c) = {:.2}", a_k.rate() / b_k.rate().min(c.rate()));
         println!("ratio a_{short} / serial(b_{short}, c) = {:.2}", a_k.rate() / serial(b_k, &c));
+        cpu_bound(&format!("a_{short}"), a_k, b_k, &c);
     }
     let sql = &others[0].1;
     println!("ratio b / b_sql (export document: Rust assembly over PostgreSQL's JSON) = {:.2}", b.rate() / sql.rate());
@@ -146,6 +161,23 @@ async fn bench(config_path: std::path::PathBuf) {
 /// busy: PostgreSQL in b, the broker and librdkafka in c). Above 1: idle time overlapped.
 fn serial(b: &Figure, c: &Figure) -> f64 {
     1.0 / (1.0 / b.rate() + 1.0 / c.rate())
+}
+
+/// What the machine's cores allow end to end: each order costs at least the CPU it costs
+/// in b plus what it costs in c, so with every core busy the rate is at most
+/// cores / (cpu_b + cpu_c) per order. Printed with a's own CPU per order (its pipeline's
+/// overhead on top of b + c) and the best a / min(b, c) this machine allows.
+fn cpu_bound(a_name: &str, a: &Figure, b: &Figure, c: &Figure) {
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
+    let bound = cores * 1e6 / (b.cpu_per_order() + c.cpu_per_order());
+    println!(
+        "CPU: {a_name} {:.1} core-µs/order against b + c {:.1}; on {cores} cores at most {:.0} orders/s ({a_name} / that {:.2}), so {a_name} / min(b, c) ≤ {:.2} here",
+        a.cpu_per_order(),
+        b.cpu_per_order() + c.cpu_per_order(),
+        bound,
+        a.rate() / bound,
+        bound / b.rate().min(c.rate())
+    );
 }
 
 fn leak(s: String) -> &'static str {
@@ -160,6 +192,7 @@ async fn source_alone(cfg: &PostgresSourceConfig, name: &str, batch_size: usize,
     for _ in 0..ROUNDS {
         let metrics = Metrics::new().pipeline(name);
         let started = Instant::now();
+        let clock = cpu::Clock::start();
         let mut source = PostgresSource::open(cfg.clone(), name, batch_size, metrics, false).await.expect("source");
         source.restore(None, order_cdc::timestamp::epoch()).unwrap();
         let mut docs = Vec::new();
@@ -174,7 +207,7 @@ async fn source_alone(cfg: &PostgresSourceConfig, name: &str, batch_size: usize,
                 break;
             }
         }
-        let f = Figure { name: label, orders: docs.len(), bytes: docs.iter().map(|d| d.1.len()).sum(), elapsed: started.elapsed(), peak_rss: None };
+        let f = Figure { name: label, orders: docs.len(), bytes: docs.iter().map(|d| d.1.len()).sum(), elapsed: started.elapsed(), cores: clock.cores_busy(), peak_rss: None };
         if best.as_ref().is_none_or(|b| f.elapsed < b.elapsed) {
             best = Some(f);
         }
@@ -193,6 +226,7 @@ fn end_to_end(config_path: &std::path::Path, name: &str, label: &'static str, en
         let fresh = format!("{}-{}-{round}", std::process::id(), label.len());
         let topic = format!("bench-e2e-{fresh}");
         let started = Instant::now();
+        let clock = cpu::Clock::start();
         let child = std::process::Command::new(env!("CARGO_BIN_EXE_order-cdc"))
             .arg("--config")
             .arg(config_path)
@@ -208,7 +242,7 @@ fn end_to_end(config_path: &std::path::Path, name: &str, label: &'static str, en
         let (status, max_rss_kb) = wait_with_peak_rss(child);
         assert!(status.success(), "{label}: run --once failed ({status})");
         peak_rss = peak_rss.max(max_rss_kb);
-        let f = Figure { name: label, orders: b.orders, bytes: b.bytes, elapsed: started.elapsed(), peak_rss: None };
+        let f = Figure { name: label, orders: b.orders, bytes: b.bytes, elapsed: started.elapsed(), cores: clock.cores_busy(), peak_rss: None };
         if best.as_ref().is_none_or(|a| f.elapsed < a.elapsed) {
             best = Some(f);
         }
