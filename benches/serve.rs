@@ -5,6 +5,9 @@
 //! source (`export_api`, `orders_api`, `webstore_api`) polling this server into Kafka,
 //! next to one client's plain walk of the same listing. Best of `ROUNDS`.
 
+#[path = "common/cpu.rs"]
+mod cpu;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -126,16 +129,25 @@ async fn bench(config: Config) {
 
     // order-cdc polling this server into Kafka (issue #4), next to one full HTTP export
     // run (the server's own rate for one client) measured just before it.
+    let clock = cpu::Clock::start();
     let one = timed_single(|| http_run(http.clone(), base.clone(), token.clone())).await;
+    let one_cores = clock.cores_busy();
     let dir = tempfile::tempdir().unwrap();
     let brokers = &config.kafka.brokers;
     let source = format!("kind = \"export_api\"\nbase_url = \"{base}\"\ntoken = \"{token}\"");
+    let clock = cpu::Clock::start();
     let daemon = (one.0, one.1, run_once(dir.path(), brokers, "api", "", &source).await);
+    let daemon_cores = clock.cores_busy();
     println!();
     println!("one client, pages of 1000");
-    println!("(e) GET /sales-orders/export, one full run {:>8} orders {:>7.2} s {:>9.0} orders/s", one.0, one.2.as_secs_f64(), rate(one));
-    println!("(d) order-cdc run --once via export_api   {:>8} orders {:>7.2} s {:>9.0} orders/s", daemon.0, daemon.2.as_secs_f64(), rate(daemon));
+    println!("(e) GET /sales-orders/export, one full run {:>8} orders {:>7.2} s {:>9.0} orders/s {one_cores:>5.2} cores busy", one.0, one.2.as_secs_f64(), rate(one));
+    println!("(d) order-cdc run --once via export_api   {:>8} orders {:>7.2} s {:>9.0} orders/s {daemon_cores:>5.2} cores busy", daemon.0, daemon.2.as_secs_f64(), rate(daemon));
     println!("ratio d / e = {:.2}", rate(daemon) / rate(one));
+    // As in end_to_end: core-µs per order, every process's. d's extra over e is the
+    // daemon's and the broker's work; with the cores full it is what d / e pays for.
+    let per_order = |cores: f64, (orders, _, elapsed): (usize, usize, Duration)| cores * elapsed.as_secs_f64() * 1e6 / orders.max(1) as f64;
+    let (cpu_e, cpu_d) = (per_order(one_cores, one), per_order(daemon_cores, daemon));
+    println!("CPU: e {cpu_e:.1} core-µs/order, d {cpu_d:.1}: d / e would be {:.2} with as many cores busy as e", cpu_e / cpu_d);
 
     // The orders_api source (seed 002) polling this server's `GET /api/orders/` into
     // Kafka, next to one client walking the same listing page by page.
