@@ -37,6 +37,9 @@ struct Figure {
     elapsed: Duration,
     /// The machine's cores busy on average meanwhile (`cpu`).
     cores: f64,
+    /// Of those, this process's: order-cdc's own share when the stage runs in the bench
+    /// (b and c); the rest is PostgreSQL and the broker.
+    own_cores: Option<f64>,
     /// The peak resident set of the `run --once` child (the largest of its rounds).
     peak_rss: Option<u64>,
 }
@@ -52,8 +55,9 @@ impl Figure {
     }
     fn print(&self) {
         let rss = self.peak_rss.map(|kb| format!(" {:>5} MB peak RSS", kb / 1024)).unwrap_or_default();
+        let own = self.own_cores.map(|c| format!(" ({c:.2} in order-cdc)")).unwrap_or_default();
         println!(
-            "{:<58} {:>8} orders {:>7.2} s {:>9.0} orders/s {:>7.1} MB/s {:>5.2} cores busy {:>6.1} core-µs/order{rss}",
+            "{:<58} {:>8} orders {:>7.2} s {:>9.0} orders/s {:>7.1} MB/s {:>5.2} cores busy{own} {:>6.1} core-µs/order{rss}",
             self.name,
             self.orders,
             self.elapsed.as_secs_f64(),
@@ -101,7 +105,8 @@ async fn bench(config_path: std::path::PathBuf) {
         for d in pending {
             d.await.unwrap().expect("delivered");
         }
-        let f = Figure { name: "(c) rdkafka producer alone", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed(), cores: clock.cores_busy(), peak_rss: None };
+        let busy = clock.cores_busy();
+        let f = Figure { name: "(c) rdkafka producer alone", orders: documents.len(), bytes: b.bytes, elapsed: started.elapsed(), cores: busy.all, own_cores: Some(busy.this_process), peak_rss: None };
         if best_c.as_ref().is_none_or(|c| f.elapsed < c.elapsed) {
             best_c = Some(f);
         }
@@ -207,7 +212,8 @@ async fn source_alone(cfg: &PostgresSourceConfig, name: &str, batch_size: usize,
                 break;
             }
         }
-        let f = Figure { name: label, orders: docs.len(), bytes: docs.iter().map(|d| d.1.len()).sum(), elapsed: started.elapsed(), cores: clock.cores_busy(), peak_rss: None };
+        let busy = clock.cores_busy();
+        let f = Figure { name: label, orders: docs.len(), bytes: docs.iter().map(|d| d.1.len()).sum(), elapsed: started.elapsed(), cores: busy.all, own_cores: Some(busy.this_process), peak_rss: None };
         if best.as_ref().is_none_or(|b| f.elapsed < b.elapsed) {
             best = Some(f);
         }
@@ -242,7 +248,7 @@ fn end_to_end(config_path: &std::path::Path, name: &str, label: &'static str, en
         let (status, max_rss_kb) = wait_with_peak_rss(child);
         assert!(status.success(), "{label}: run --once failed ({status})");
         peak_rss = peak_rss.max(max_rss_kb);
-        let f = Figure { name: label, orders: b.orders, bytes: b.bytes, elapsed: started.elapsed(), cores: clock.cores_busy(), peak_rss: None };
+        let f = Figure { name: label, orders: b.orders, bytes: b.bytes, elapsed: started.elapsed(), cores: clock.cores_busy().all, own_cores: None, peak_rss: None };
         if best.as_ref().is_none_or(|a| f.elapsed < a.elapsed) {
             best = Some(f);
         }

@@ -131,22 +131,22 @@ async fn bench(config: Config) {
     // run (the server's own rate for one client) measured just before it.
     let clock = cpu::Clock::start();
     let one = timed_single(|| http_run(http.clone(), base.clone(), token.clone())).await;
-    let one_cores = clock.cores_busy();
+    let one_busy = clock.cores_busy();
     let dir = tempfile::tempdir().unwrap();
     let brokers = &config.kafka.brokers;
     let source = format!("kind = \"export_api\"\nbase_url = \"{base}\"\ntoken = \"{token}\"");
     let clock = cpu::Clock::start();
     let daemon = (one.0, one.1, run_once(dir.path(), brokers, "api", "", &source).await);
-    let daemon_cores = clock.cores_busy();
+    let daemon_busy = clock.cores_busy();
     println!();
     println!("one client, pages of 1000");
-    println!("(e) GET /sales-orders/export, one full run {:>8} orders {:>7.2} s {:>9.0} orders/s {one_cores:>5.2} cores busy", one.0, one.2.as_secs_f64(), rate(one));
-    println!("(d) order-cdc run --once via export_api   {:>8} orders {:>7.2} s {:>9.0} orders/s {daemon_cores:>5.2} cores busy", daemon.0, daemon.2.as_secs_f64(), rate(daemon));
+    println!("(e) GET /sales-orders/export, one full run {:>8} orders {:>7.2} s {:>9.0} orders/s {:>5.2} cores busy ({:.2} in the bench: server and client)", one.0, one.2.as_secs_f64(), rate(one), one_busy.all, one_busy.this_process);
+    println!("(d) order-cdc run --once via export_api   {:>8} orders {:>7.2} s {:>9.0} orders/s {:>5.2} cores busy ({:.2} in the bench: the server)", daemon.0, daemon.2.as_secs_f64(), rate(daemon), daemon_busy.all, daemon_busy.this_process);
     println!("ratio d / e = {:.2}", rate(daemon) / rate(one));
     // As in end_to_end: core-µs per order, every process's. d's extra over e is the
     // daemon's and the broker's work; with the cores full it is what d / e pays for.
     let per_order = |cores: f64, (orders, _, elapsed): (usize, usize, Duration)| cores * elapsed.as_secs_f64() * 1e6 / orders.max(1) as f64;
-    let (cpu_e, cpu_d) = (per_order(one_cores, one), per_order(daemon_cores, daemon));
+    let (cpu_e, cpu_d) = (per_order(one_busy.all, one), per_order(daemon_busy.all, daemon));
     println!("CPU: e {cpu_e:.1} core-µs/order, d {cpu_d:.1}: d / e would be {:.2} with as many cores busy as e", cpu_e / cpu_d);
 
     // The orders_api source (seed 002) polling this server's `GET /api/orders/` into

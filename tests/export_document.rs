@@ -186,16 +186,17 @@ async fn random_scalars_are_written_as_postgresql_writes_them() {
         })
         .collect();
     let pg = texts(&session, "SELECT v::text FROM unnest($1::float8[]) WITH ORDINALITY u(v, n) ORDER BY n", &floats).await;
-    let (mut exotic, mut ties) = (0, 0);
+    let mut exotic = 0;
     for (v, want) in floats.iter().zip(&pg) {
         let mut ours = String::new();
         match json_text::float8(&mut ours, *v) {
             Ok(()) => assert_eq!(&ours, want, "float8 {:e} ({:#x})", v, v.to_bits()),
-            Err(_) if v.abs() >= 9_007_199_254_740_992.0 => exotic += 1,
-            Err(_) => ties += 1,
+            Err(_) => {
+                assert!(v.abs() >= 9_007_199_254_740_992.0, "float8 {v:e} below 2^53 left to PostgreSQL");
+                exotic += 1;
+            }
         }
     }
-    assert!(ties < N / 100, "exact ties between two shortest candidates are rare: {ties} of {N}");
 
     // to_json(text): strings drawn from controls, quotes, backslashes, ASCII and beyond.
     let pool: Vec<char> = (1u32..0x80).chain([0xe9, 0x2028, 0xfeff, 0xffff, 0x1f600, 0x10ffff]).filter_map(char::from_u32).collect();
@@ -226,6 +227,6 @@ async fn random_scalars_are_written_as_postgresql_writes_them() {
         json_text::date(&mut ours, *v).expect("within the timestamp range");
         assert_eq!(&ours, want, "date {v} days from 2000");
     }
-    println!("{N} each of floats ({exotic} of 2^53 or more and {ties} ties left to PostgreSQL), strings, timestamps and dates written as PostgreSQL writes them");
+    println!("{N} each of floats ({exotic} of 2^53 or more left to PostgreSQL), strings, timestamps and dates written as PostgreSQL writes them");
     db.drop_db().await;
 }

@@ -41,14 +41,13 @@ const FLOAT8_EXACT_BELOW: f64 = 9_007_199_254_740_992.0;
 /// read back as the same double, fixed notation for decimal exponents -4..14, otherwise
 /// `d.ddde+XX` with at least two exponent digits; `NaN`, `Infinity`, `-Infinity`, `-0`.
 ///
-/// PostgreSQL's digits come from its copy of Ryu, and std's differ in two corners, both
-/// `Exotic` (PostgreSQL writes that document; money never gets there):
-/// - the shortest digits lie exactly on the rounding boundary to the next double: Ryu may
-///   not take them (4.0691907000000004e+19 where 4.0691907e+19 reads back the same). A
-///   boundary is short enough to be those digits only from 2^53 on.
-/// - two shortest candidates are equally close (165752775928597.125 is exactly between
-///   …597.12 and …597.13): Ryu takes the even one, std the upper. The double's exact
-///   expansion is then one digit longer than the shortest and ends in 5.
+/// The digits are Ryu's, as PostgreSQL's are (its `float8out` runs a copy of Ryu's `d2s`,
+/// of which the `ryu` crate is a port), so ties between two shortest candidates go to the
+/// even one alike (165752775928597.12, where std writes .13). One corner is left to
+/// PostgreSQL as `Exotic` (money never gets there): shortest digits that lie exactly on the
+/// rounding boundary to the next double, which PostgreSQL does not take and the crate
+/// does (4.0691907000000004e+19 against 4.0691907e+19). A boundary is short enough to be
+/// those digits only from 2^53 on.
 pub fn float8(out: &mut String, v: f64) -> Result<(), Exotic> {
     if v.is_nan() {
         out.push_str("NaN");
@@ -65,22 +64,9 @@ pub fn float8(out: &mut String, v: f64) -> Result<(), Exotic> {
     if v.abs() >= FLOAT8_EXACT_BELOW {
         return Err(Exotic);
     }
-    let mut sci = String::with_capacity(32);
-    let _ = write!(sci, "{:e}", v.abs());
-    let (digits, exp) = decimal(&sci);
-    sci.clear();
-    // 18 significant digits, correctly rounded; when they end in 5, 41 tell whether they
-    // are the whole expansion (a run of 23 zeros after them counts as one: PostgreSQL
-    // then writes the document, which is never wrong).
-    let _ = write!(sci, "{:.17e}", v.abs());
-    let (longer, _) = decimal(&sci);
-    if longer.len() == digits.len() + 1 && longer.ends_with('5') {
-        sci.clear();
-        let _ = write!(sci, "{:.40e}", v.abs());
-        if decimal(&sci).0 == longer {
-            return Err(Exotic);
-        }
-    }
+    let mut ryu = ryu::Buffer::new();
+    let (digits, exp) = decimal(ryu.format_finite(v.abs()));
+    let digits: &str = &digits;
     if v < 0.0 {
         out.push('-');
     }
@@ -90,15 +76,20 @@ pub fn float8(out: &mut String, v: f64) -> Result<(), Exotic> {
             out.push('.');
             out.push_str(&digits[1..]);
         }
-        let _ = write!(out, "e{}{:02}", if exp < 0 { '-' } else { '+' }, exp.unsigned_abs());
+        out.push('e');
+        out.push(if exp < 0 { '-' } else { '+' });
+        if exp.unsigned_abs() < 10 {
+            out.push('0');
+        }
+        int(out, exp.unsigned_abs().into());
     } else if exp < 0 {
         out.push_str("0.");
         out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
-        out.push_str(&digits);
+        out.push_str(digits);
     } else {
         let whole = exp as usize + 1;
         if digits.len() <= whole {
-            out.push_str(&digits);
+            out.push_str(digits);
             out.extend(std::iter::repeat_n('0', whole - digits.len()));
         } else {
             out.push_str(&digits[..whole]);
@@ -109,20 +100,55 @@ pub fn float8(out: &mut String, v: f64) -> Result<(), Exotic> {
     Ok(())
 }
 
-/// The significant digits of a positive number in `{:e}` form (`1.5e-5`, `1e20`) and the
-/// decimal exponent of the first: (`15`, -5), (`1`, 20).
-fn decimal(sci: &str) -> (String, i32) {
-    let (mantissa, exp) = sci.split_once('e').map_or((sci, 0), |(m, e)| (m, e.parse().unwrap_or(0)));
-    let (whole, fraction) = mantissa.split_once('.').unwrap_or((mantissa, ""));
-    let all = format!("{whole}{fraction}");
-    let significant = all.trim_start_matches('0');
-    let exp = exp + whole.len() as i32 - 1 - (all.len() - significant.len()) as i32;
-    (significant.trim_end_matches('0').to_string(), exp)
+/// The significant digits of a positive number as Ryu writes it (`1.5E-5`, `1E20`,
+/// `0.0001`, `123.45`) and the decimal exponent of the first: (`15`, -5), (`1`, 20),
+/// (`1`, -4), (`12345`, 2).
+fn decimal(ryu: &str) -> (Digits, i32) {
+    let (mantissa, exp) = match ryu.split_once(['e', 'E']) {
+        Some((m, e)) => (m, e.parse().unwrap_or(0)),
+        None => (ryu, 0),
+    };
+    let whole = mantissa.find('.').unwrap_or(mantissa.len()) as i32;
+    let mut digits = Digits { buf: [0; 24], len: 0 };
+    let mut first = None;
+    for (i, b) in mantissa.bytes().filter(|&b| b != b'.').enumerate() {
+        if first.is_none() && b == b'0' {
+            continue;
+        }
+        first.get_or_insert(i as i32);
+        digits.buf[digits.len] = b;
+        digits.len += 1;
+    }
+    while digits.len > 1 && digits.buf[digits.len - 1] == b'0' {
+        digits.len -= 1;
+    }
+    (digits, exp + whole - 1 - first.unwrap_or(0))
+}
+
+/// Up to 24 ASCII digits: no more than Ryu's whole buffer holds.
+struct Digits {
+    buf: [u8; 24],
+    len: usize,
+}
+
+impl std::ops::Deref for Digits {
+    type Target = str;
+    fn deref(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
+    }
 }
 
 /// An integer's `::text`.
 pub fn int(out: &mut String, v: i64) {
-    let _ = write!(out, "{v}");
+    out.push_str(itoa::Buffer::new().format(v));
+}
+
+/// A non-negative number in at least `width` digits, zero-padded as `to_char` pads.
+fn padded(out: &mut String, v: i64, width: usize) {
+    let mut buffer = itoa::Buffer::new();
+    let digits = buffer.format(v);
+    out.extend(std::iter::repeat_n('0', width.saturating_sub(digits.len())));
+    out.push_str(digits);
 }
 
 /// Days from 2000-01-01 to the Julian day number PostgreSQL counts from.
@@ -153,7 +179,11 @@ fn j2date(jd: i64) -> (i64, u32, u32) {
 fn ymd(out: &mut String, jd: i64) {
     let (year, month, day) = j2date(jd);
     let year = if year <= 0 { 1 - year } else { year };
-    let _ = write!(out, "{year:04}-{month:02}-{day:02}");
+    padded(out, year, 4);
+    out.push('-');
+    padded(out, month.into(), 2);
+    out.push('-');
+    padded(out, day.into(), 2);
 }
 
 /// What the assembly cannot write as PostgreSQL would: the page goes to the SQL builder.
@@ -189,7 +219,11 @@ pub fn timestamp(out: &mut String, micros: i64) {
     out.push('"');
     ymd(out, days + POSTGRES_EPOCH_JDATE);
     let secs = time / 1_000_000;
-    let _ = write!(out, "T{:02}:{:02}:{:02}.{:06}Z\"", secs / 3600, secs / 60 % 60, secs % 60, time % 1_000_000);
+    for (separator, v, width) in [('T', secs / 3600, 2), (':', secs / 60 % 60, 2), (':', secs % 60, 2), ('.', time % 1_000_000, 6)] {
+        out.push(separator);
+        padded(out, v, width);
+    }
+    out.push_str("Z\"");
 }
 
 #[cfg(test)]
@@ -208,10 +242,10 @@ mod tests {
     fn floats_are_laid_out_as_postgresql_does() {
         let cases = [
             (1e20, "exotic"),
-            (4.0691907e19, "exotic"),
+            (4.0691907e19, "exotic"), // PostgreSQL writes 4.0691907000000004e+19
             (1e14, "100000000000000"),
             (5.6e14, "560000000000000"),
-            (f64::from_bits(0x42e2_d80a_6a8d_62a4), "exotic"), // 165752775928597.125 exactly
+            (f64::from_bits(0x42e2_d80a_6a8d_62a4), "165752775928597.12"), // …597.125 exactly: std writes .13
             (123456789012345.6, "123456789012345.6"),
             (0.000015, "1.5e-05"),
             (1234567890123456.0, "1.234567890123456e+15"),
@@ -222,6 +256,7 @@ mod tests {
             (-12.5, "-12.5"),
             (1e-300, "1e-300"),
             (1.5e-310, "1.5e-310"),
+            (9007199254740991.0, "9.007199254740991e+15"),
             (f64::NAN, "NaN"),
             (f64::NEG_INFINITY, "-Infinity"),
         ];
