@@ -168,15 +168,16 @@ fn serial(b: &Figure, c: &Figure) -> f64 {
     1.0 / (1.0 / b.rate() + 1.0 / c.rate())
 }
 
-/// What the machine's cores allow end to end: each order costs at least the CPU it costs
-/// in b plus what it costs in c, so with every core busy the rate is at most
-/// cores / (cpu_b + cpu_c) per order. Printed with a's own CPU per order (its pipeline's
-/// overhead on top of b + c) and the best a / min(b, c) this machine allows.
+/// What the machine's cores allow end to end: an order costs about the CPU it costs in b
+/// plus what it costs in c, so with every core busy the rate is about
+/// cores / (cpu_b + cpu_c). An estimate, not a bound: each figure's CPU moves with what
+/// else the machine did meanwhile. Printed with a's own CPU per order (its pipeline's
+/// overhead on top of b + c) and the a / min(b, c) that estimate gives.
 fn cpu_bound(a_name: &str, a: &Figure, b: &Figure, c: &Figure) {
     let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
     let bound = cores * 1e6 / (b.cpu_per_order() + c.cpu_per_order());
     println!(
-        "CPU: {a_name} {:.1} core-µs/order against b + c {:.1}; on {cores} cores at most {:.0} orders/s ({a_name} / that {:.2}), so {a_name} / min(b, c) ≤ {:.2} here",
+        "CPU: {a_name} {:.1} core-µs/order against b + c {:.1}; on {cores} cores about {:.0} orders/s ({a_name} / that {:.2}), so {a_name} / min(b, c) ≈ {:.2} here",
         a.cpu_per_order(),
         b.cpu_per_order() + c.cpu_per_order(),
         bound,

@@ -19,14 +19,14 @@ impl Clock {
         // is already in user. Idle and iowait are the cores' spare time, steal the
         // hypervisor's.
         let ticks: Vec<u64> = stat.lines().next().unwrap_or_default().split_whitespace().skip(1).take(8).map(|t| t.parse().unwrap_or(0)).collect();
-        let total = ticks.iter().sum();
+        let total: u64 = ticks.iter().sum();
         let spare = ticks.get(3).unwrap_or(&0) + ticks.get(4).unwrap_or(&0) + ticks.get(7).unwrap_or(&0);
         // utime and stime are the 14th and 15th fields, the 12th and 13th after the
         // parenthesised command name (which may hold spaces).
         let own = std::fs::read_to_string("/proc/self/stat").expect("/proc/self/stat");
         let after_name = own.rsplit_once(')').map_or("", |(_, rest)| rest);
         let this_process = after_name.split_whitespace().skip(11).take(2).map(|t| t.parse::<u64>().unwrap_or(0)).sum();
-        Clock { busy: total - spare, total, this_process }
+        Clock { busy: total.saturating_sub(spare), total, this_process }
     }
 
     /// The average number of cores busy since `self` (0 to the machine's core count): all
@@ -34,8 +34,8 @@ impl Clock {
     pub fn cores_busy(&self) -> Busy {
         let now = Clock::start();
         let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let share = |ticks: u64| ticks as f64 / (now.total - self.total).max(1) as f64 * cores;
-        Busy { all: share(now.busy - self.busy), this_process: share(now.this_process - self.this_process) }
+        let share = |ticks: u64| ticks as f64 / now.total.saturating_sub(self.total).max(1) as f64 * cores;
+        Busy { all: share(now.busy.saturating_sub(self.busy)), this_process: share(now.this_process.saturating_sub(self.this_process)) }
     }
 }
 

@@ -366,11 +366,13 @@ CREATE TRIGGER sales_orders_notify AFTER INSERT OR UPDATE OR DELETE OR TRUNCATE 
 /// that was one writer's single-row UPDATE every few seconds taking 0.5 to 1 s (on CPU,
 /// reading index pages), and the late-commit guard rightly holds every pipeline's cutoff
 /// for as long (README, Benchmark, latency). Each write now updates the index itself: a
-/// little more per write, no stall. The queue already there is merged now.
+/// little more per write, no stall. The queue already there is merged first, under a
+/// lock that lets writers go on; the ALTERs' exclusive locks then last only to the commit
+/// (a few entries queued in between are merged by the next vacuum).
 const V6: &str = r#"
+SELECT gin_clean_pending_list('sales_orders_search'::regclass), gin_clean_pending_list('customers_search'::regclass);
 ALTER INDEX sales_orders_search SET (fastupdate = off);
 ALTER INDEX customers_search SET (fastupdate = off);
-SELECT gin_clean_pending_list('sales_orders_search'::regclass), gin_clean_pending_list('customers_search'::regclass);
 "#;
 
 /// Applies every migration the database has not run yet; returns the ones applied.
