@@ -48,10 +48,8 @@ impl Figure {
     fn rate(&self) -> f64 {
         self.orders as f64 / self.elapsed.as_secs_f64()
     }
-    /// The machine's CPU time per order, in core-microseconds: every process's, the
-    /// database's and the broker's included.
     fn cpu_per_order(&self) -> f64 {
-        self.cores * self.elapsed.as_secs_f64() * 1e6 / self.orders.max(1) as f64
+        cpu::per_order(self.cores, self.elapsed, self.orders)
     }
     fn print(&self) {
         let rss = self.peak_rss.map(|kb| format!(" {:>5} MB peak RSS", kb / 1024)).unwrap_or_default();
@@ -147,7 +145,7 @@ async fn bench(config_path: std::path::PathBuf) {
     let floor = b.rate().min(c.rate());
     println!("ratio a / min(b, c) = {:.2}", a.rate() / floor);
     println!("ratio a / serial(b, c) = {:.2}", a.rate() / serial(&b, &c));
-    cpu_bound("a", &a, &b, &c);
+    cpu_estimate("a", &a, &b, &c);
     x.print();
     println!("ratio x / a = {:.2}", x.rate() / a.rate());
     for (short, b_k, a_k) in &others {
@@ -155,7 +153,7 @@ async fn bench(config_path: std::path::PathBuf) {
         a_k.print();
         println!("ratio a_{short} / min(b_{short}, c) = {:.2}", a_k.rate() / b_k.rate().min(c.rate()));
         println!("ratio a_{short} / serial(b_{short}, c) = {:.2}", a_k.rate() / serial(b_k, &c));
-        cpu_bound(&format!("a_{short}"), a_k, b_k, &c);
+        cpu_estimate(&format!("a_{short}"), a_k, b_k, &c);
     }
     let sql = &others[0].1;
     println!("ratio b / b_sql (export document: Rust assembly over PostgreSQL's JSON) = {:.2}", b.rate() / sql.rate());
@@ -173,16 +171,16 @@ fn serial(b: &Figure, c: &Figure) -> f64 {
 /// cores / (cpu_b + cpu_c). An estimate, not a bound: each figure's CPU moves with what
 /// else the machine did meanwhile. Printed with a's own CPU per order (its pipeline's
 /// overhead on top of b + c) and the a / min(b, c) that estimate gives.
-fn cpu_bound(a_name: &str, a: &Figure, b: &Figure, c: &Figure) {
-    let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-    let bound = cores * 1e6 / (b.cpu_per_order() + c.cpu_per_order());
+fn cpu_estimate(a_name: &str, a: &Figure, b: &Figure, c: &Figure) {
+    let cores = cpu::cores();
+    let estimate = cores * 1e6 / (b.cpu_per_order() + c.cpu_per_order());
     println!(
         "CPU: {a_name} {:.1} core-µs/order against b + c {:.1}; on {cores} cores about {:.0} orders/s ({a_name} / that {:.2}), so {a_name} / min(b, c) ≈ {:.2} here",
         a.cpu_per_order(),
         b.cpu_per_order() + c.cpu_per_order(),
-        bound,
-        a.rate() / bound,
-        bound / b.rate().min(c.rate())
+        estimate,
+        a.rate() / estimate,
+        estimate / b.rate().min(c.rate())
     );
 }
 

@@ -143,8 +143,7 @@ async fn bench(config: Config) {
     println!("ratio d / e = {:.2}", rate(daemon) / rate(one));
     // As in end_to_end: core-µs per order, every process's. d's extra over e is the
     // daemon's and the broker's work; with the cores full it is what d / e pays for.
-    let per_order = |cores: f64, (orders, _, elapsed): (usize, usize, Duration)| cores * elapsed.as_secs_f64() * 1e6 / orders.max(1) as f64;
-    let (cpu_e, cpu_d) = (per_order(one_busy.all, one), per_order(daemon_busy.all, daemon));
+    let (cpu_e, cpu_d) = (cpu::per_order(one_busy.all, one.2, one.0), cpu::per_order(daemon_busy.all, daemon.2, daemon.0));
     println!("CPU: e {cpu_e:.1} core-µs/order, d {cpu_d:.1}: d / e would be {:.2} with as many cores busy as e", cpu_e / cpu_d);
 
     // The orders_api source (seed 002) polling this server's `GET /api/orders/` into

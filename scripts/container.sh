@@ -50,27 +50,15 @@ step() {
   "$@"
   log "$name: $(ms_since "$t") ms"
 }
-# Wait for a condition with a deadline (seconds); never a bare sleep as synchronisation.
-wait_until() {
-  local what=$1 deadline=$2; shift 2
-  local end=$((SECONDS + deadline))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || fail "$what within ${deadline}s"
-    sleep 0.5
-  done
-}
+. "$ROOT/scripts/lib.sh"
+# lib.sh's wait_for, a FAIL when the deadline passes.
+wait_until() { wait_for "$@" || fail "$1 within ${2}s"; }
 
 # ---------------------------------------------------------------- 1. podman
-apt_install() {
-  log "installing $* from Debian's packages"
-  DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "$@" >/dev/null
-}
-
 install_podman() {
   local missing=()
   for tool in podman runc debootstrap jq curl; do command -v $tool >/dev/null || missing+=("$tool"); done
-  [ ${#missing[@]} -eq 0 ] || apt_install "${missing[@]}"
+  [ ${#missing[@]} -eq 0 ] || apt_install --no-install-recommends "${missing[@]}"
   # Podman 4.3 as root here: runc (not crun), and ulimits no higher than this machine's
   # hard limit (its default nofile of 1048576 makes the runtime's setrlimit fail).
   cat >"$WORK/containers.conf" <<CONF

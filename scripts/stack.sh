@@ -35,25 +35,8 @@ BROKERS="127.0.0.1:${KAFKA_PORT}"
 log() { printf 'stack: %s\n' "$*" >&2; }
 die() { log "$*"; exit 1; }
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
+. "$ROOT/scripts/lib.sh"
 as_postgres() { if [ "$(id -u)" = 0 ]; then runuser -u postgres -- "$@"; else sudo -u postgres "$@"; fi; }
-
-apt_install() {
-  log "installing $* from Debian's packages"
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get update -qq
-  as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
-
-# Wait for a condition with a deadline (seconds); never a bare sleep as synchronisation.
-wait_for() {
-  local what=$1 deadline=$2; shift 2
-  local end=$((SECONDS + deadline))
-  until "$@" >/dev/null 2>&1; do
-    [ $SECONDS -lt $end ] || return 1
-    sleep 0.5
-  done
-  log "$what is ready"
-}
 
 # ---------------------------------------------------------------- PostgreSQL
 pg_version() { ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -1; }

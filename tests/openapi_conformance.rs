@@ -12,7 +12,7 @@ use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
-use common::server::{serve_config_file, TOKEN};
+use common::server::{spawn_serve, ServeProcess, TOKEN};
 use common::*;
 use serde_json::Value;
 
@@ -61,20 +61,9 @@ async fn the_server_conforms_to_its_openapi_document() {
     let st = schemathesis();
     let (db, mut client) = TestDb::migrated().await;
     order_cdc::store::demo::load(&mut client, 200, 2).await.expect("demo orders");
-    let (api_port, metrics_port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let config = serve_config_file(dir.path(), &db.url, api_port, metrics_port);
     let log = dir.path().join("serve.log");
-    let mut serve = Command::new(binary())
-        .arg("--config")
-        .arg(&config)
-        .arg("serve")
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(&log).unwrap())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{api_port}");
-    wait_until("the server to listen", Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok());
+    let ServeProcess { child: mut serve, base, metrics_port } = spawn_serve(dir.path(), &db.url, Stdio::from(std::fs::File::create(&log).unwrap()));
     let cursors = issued_cursors(&base).await.join(" ");
 
     // Credentials for every route, and the store handle of the webstore routes (any other

@@ -524,18 +524,8 @@ mod generated {
 async fn the_serve_command_runs_and_counts_requests() {
     let (db, client) = TestDb::migrated().await;
     insert_orders(&client, 1, 5, "now() - interval '1 hour'").await;
-    let (api_port, metrics_port) = (free_port(), free_port());
     let dir = tempfile::tempdir().unwrap();
-    let path = serve_config_file(dir.path(), &db.url, api_port, metrics_port);
-    let mut serve = std::process::Command::new(binary())
-        .arg("--config")
-        .arg(&path)
-        .arg("serve")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let base = format!("http://127.0.0.1:{api_port}");
-    wait_until("the server to listen", std::time::Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok());
+    let ServeProcess { child: mut serve, base, metrics_port } = spawn_serve(dir.path(), &db.url, std::process::Stdio::piped());
     let http = reqwest::Client::new();
     let r = http.get(format!("{base}/sales-orders/export?since=2024-01-01")).bearer_auth(TOKEN).send().await.unwrap();
     assert_eq!(r.status(), 200);

@@ -33,10 +33,20 @@ impl Clock {
     /// of them, and this process's part.
     pub fn cores_busy(&self) -> Busy {
         let now = Clock::start();
-        let cores = std::thread::available_parallelism().map_or(1, |n| n.get()) as f64;
-        let share = |ticks: u64| ticks as f64 / now.total.saturating_sub(self.total).max(1) as f64 * cores;
+        let share = |ticks: u64| ticks as f64 / now.total.saturating_sub(self.total).max(1) as f64 * cores();
         Busy { all: share(now.busy.saturating_sub(self.busy)), this_process: share(now.this_process.saturating_sub(self.this_process)) }
     }
+}
+
+/// The machine's cores.
+pub fn cores() -> f64 {
+    std::thread::available_parallelism().map_or(1, |n| n.get()) as f64
+}
+
+/// The machine's CPU time per order over `elapsed` with `cores_busy` cores busy, in
+/// core-microseconds: every process's, the database's and the broker's included.
+pub fn per_order(cores_busy: f64, elapsed: std::time::Duration, orders: usize) -> f64 {
+    cores_busy * elapsed.as_secs_f64() * 1e6 / orders.max(1) as f64
 }
 
 /// Cores busy on average over a measurement.

@@ -32,9 +32,9 @@ use crate::timestamp;
 /// `size`: seed 003's page sizes, and its default.
 pub const SIZES: &[i64] = &[20, 40, 80];
 pub const DEFAULT_SIZE: i64 = 40;
-/// The last page whose offset fits in 64 bits at every size: one bound, whatever the size,
-/// so the document can state it.
-pub const MAX_PAGE: i64 = i64::MAX / 80;
+/// The last page whose offset fits in 64 bits at every size (the largest is SIZES' last):
+/// one bound, whatever the size, so the document can state it.
+pub const MAX_PAGE: i64 = i64::MAX / SIZES[SIZES.len() - 1];
 
 /// Seed 003's order statuses.
 pub const STATUSES: &[&str] = &["pending", "invoiced", "shipped", "returned"];

@@ -64,9 +64,8 @@ pub fn float8(out: &mut String, v: f64) -> Result<(), Exotic> {
     if v.abs() >= FLOAT8_EXACT_BELOW {
         return Err(Exotic);
     }
-    let mut ryu = ryu::Buffer::new();
-    let (digits, exp) = decimal(ryu.format_finite(v.abs()));
-    let digits: &str = &digits;
+    let (mut ryu, mut buf) = (ryu::Buffer::new(), [0; 24]);
+    let (digits, exp) = decimal(ryu.format_finite(v.abs()), &mut buf);
     if v < 0.0 {
         out.push('-');
     }
@@ -78,10 +77,7 @@ pub fn float8(out: &mut String, v: f64) -> Result<(), Exotic> {
         }
         out.push('e');
         out.push(if exp < 0 { '-' } else { '+' });
-        if exp.unsigned_abs() < 10 {
-            out.push('0');
-        }
-        int(out, exp.unsigned_abs().into());
+        padded(out, exp.unsigned_abs().into(), 2);
     } else if exp < 0 {
         out.push_str("0.");
         out.extend(std::iter::repeat_n('0', (-exp - 1) as usize));
@@ -102,40 +98,25 @@ pub fn float8(out: &mut String, v: f64) -> Result<(), Exotic> {
 
 /// The significant digits of a positive number as Ryu writes it (`1.5E-5`, `1E20`,
 /// `0.0001`, `123.45`) and the decimal exponent of the first: (`15`, -5), (`1`, 20),
-/// (`1`, -4), (`12345`, 2).
-fn decimal(ryu: &str) -> (Digits, i32) {
+/// (`1`, -4), (`12345`, 2). The digits are gathered in `buf`: Ryu's whole output is no
+/// longer than 24 bytes.
+fn decimal<'b>(ryu: &str, buf: &'b mut [u8; 24]) -> (&'b str, i32) {
     let (mantissa, exp) = match ryu.split_once(['e', 'E']) {
         Some((m, e)) => (m, e.parse().unwrap_or(0)),
         None => (ryu, 0),
     };
     let whole = mantissa.find('.').unwrap_or(mantissa.len()) as i32;
-    let mut digits = Digits { buf: [0; 24], len: 0 };
-    let mut first = None;
+    let (mut len, mut first) = (0, None);
     for (i, b) in mantissa.bytes().filter(|&b| b != b'.').enumerate() {
         if first.is_none() && b == b'0' {
             continue;
         }
         first.get_or_insert(i as i32);
-        digits.buf[digits.len] = b;
-        digits.len += 1;
+        buf[len] = b;
+        len += 1;
     }
-    while digits.len > 1 && digits.buf[digits.len - 1] == b'0' {
-        digits.len -= 1;
-    }
-    (digits, exp + whole - 1 - first.unwrap_or(0))
-}
-
-/// Up to 24 ASCII digits: no more than Ryu's whole buffer holds.
-struct Digits {
-    buf: [u8; 24],
-    len: usize,
-}
-
-impl std::ops::Deref for Digits {
-    type Target = str;
-    fn deref(&self) -> &str {
-        std::str::from_utf8(&self.buf[..self.len]).unwrap_or_default()
-    }
+    let digits = std::str::from_utf8(&buf[..len]).unwrap_or_default();
+    (digits.trim_end_matches('0'), exp + whole - 1 - first.unwrap_or(0))
 }
 
 /// An integer's `::text`.

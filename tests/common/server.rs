@@ -2,7 +2,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 
 use order_cdc::config::{CutoffKind, ServerConfig};
@@ -30,9 +31,17 @@ pub fn config(db_url: &str) -> ServerConfig {
     }
 }
 
-/// A configuration file for the `serve` binary in `dir`: the API on `api_port`, metrics
-/// on `metrics_port`, tenant acme, the test token and cursor key k1. Returns its path.
-pub fn serve_config_file(dir: &Path, db_url: &str, api_port: u16, metrics_port: u16) -> PathBuf {
+/// The `serve` binary as a process: its API's base URL and its metrics port.
+pub struct ServeProcess {
+    pub child: Child,
+    pub base: String,
+    pub metrics_port: u16,
+}
+
+/// Starts `order-cdc serve` from a configuration file in `dir` (tenant acme, the test token
+/// and cursor key k1) over `db_url`, its stderr to `stderr`; returns once it listens.
+pub fn spawn_serve(dir: &Path, db_url: &str, stderr: Stdio) -> ServeProcess {
+    let (api_port, metrics_port) = (super::free_port(), super::free_port());
     let path = dir.join("serve.toml");
     std::fs::write(
         &path,
@@ -42,7 +51,9 @@ pub fn serve_config_file(dir: &Path, db_url: &str, api_port: u16, metrics_port: 
         ),
     )
     .unwrap();
-    path
+    let child = Command::new(super::binary()).arg("--config").arg(&path).arg("serve").stdout(Stdio::null()).stderr(stderr).spawn().unwrap();
+    super::wait_until("the server to listen", std::time::Duration::from_secs(20), || std::net::TcpStream::connect(("127.0.0.1", api_port)).is_ok());
+    ServeProcess { child, base: format!("http://127.0.0.1:{api_port}"), metrics_port }
 }
 
 pub struct TestServer {
