@@ -73,9 +73,11 @@ impl ExportSql {
                 let a = c.alias;
                 // An index scan per order: with `sales_order_id = ANY(ids)` the planner
                 // prefers a (parallel) scan of the whole table, 5-10 times slower at 2% of
-                // it. The subquery's ORDER BY keeps it from being flattened into a join.
+                // it. `OFFSET 0` keeps the subquery from being flattened into a join; an
+                // ORDER BY there would do that too, but costs a sort node per order (a
+                // quarter of the children's time), where the one sort below is cheap.
                 Some(format!(
-                    "SELECT {a}.sales_order_id, {}\n  FROM unnest({order_ids}) AS k(id)\n CROSS JOIN LATERAL (SELECT * FROM {schema}.{} {a} WHERE {a}.sales_order_id = k.id ORDER BY {order}) {a}\n ORDER BY {a}.sales_order_id, {order}",
+                    "SELECT {a}.sales_order_id, {}\n  FROM unnest({order_ids}) AS k(id)\n CROSS JOIN LATERAL (SELECT * FROM {schema}.{} {a} WHERE {a}.sales_order_id = k.id OFFSET 0) {a}\n ORDER BY {a}.sales_order_id, {order}",
                     select_list(&columns(c.fields)?),
                     c.table,
                     order = c.order
