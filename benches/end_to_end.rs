@@ -13,6 +13,8 @@ use std::time::{Duration, Instant};
 
 #[path = "common/cpu.rs"]
 mod cpu;
+#[path = "common/topics.rs"]
+mod topics;
 
 use order_cdc::config::{Config, PostgresSourceConfig, SourceConfig};
 use order_cdc::metrics::Metrics;
@@ -157,6 +159,7 @@ async fn bench(config_path: std::path::PathBuf) {
     }
     let sql = &others[0].1;
     println!("ratio b / b_sql (export document: Rust assembly over PostgreSQL's JSON) = {:.2}", b.rate() / sql.rate());
+    topics::delete_own(&config.kafka.brokers).await;
 }
 
 /// The rate of b and c one after the other, 1 / (1/b + 1/c): what end to end reaches when

@@ -16,6 +16,9 @@
 //! because its three queries every 2 ms take a good part of a core from the database:
 //! beside the measured passes it doubled their p99 on two cores.
 
+#[path = "common/topics.rs"]
+mod topics;
+
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -51,6 +54,7 @@ fn main() {
         bench.run("notify (default)", "", Probe::Off).await;
         bench.run("no notify (notify_channel = \"\")", "notify_channel = \"\"", Probe::Off).await;
         bench.run("notify, probe beside it", "", Probe::On).await;
+        topics::delete_own(&bench.brokers).await;
     });
 }
 
@@ -80,7 +84,7 @@ struct Look {
 
 impl Bench {
     async fn run(&self, name: &str, source_extra: &str, probe: Probe) {
-        let topic = format!("bench-latency-{}", std::process::id() as u128 * 1000 + Utc::now().timestamp_subsec_millis() as u128);
+        let topic = format!("bench-latency-{}-{}", std::process::id(), Utc::now().timestamp_millis());
         let dir = tempfile::tempdir().unwrap();
         let config = write_config(dir.path(), self.url.expose(), &topic, source_extra);
         let client = connect(&self.url).await;
