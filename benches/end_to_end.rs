@@ -159,7 +159,7 @@ async fn bench(config_path: std::path::PathBuf) {
     }
     let sql = &others[0].1;
     println!("ratio b / b_sql (export document: Rust assembly over PostgreSQL's JSON) = {:.2}", b.rate() / sql.rate());
-    topics::delete_own(&config.kafka.brokers).await;
+    topics::delete_own(&config.kafka).await;
 }
 
 /// The rate of b and c one after the other, 1 / (1/b + 1/c): what end to end reaches when

@@ -54,7 +54,7 @@ fn main() {
         bench.run("notify (default)", "", Probe::Off).await;
         bench.run("no notify (notify_channel = \"\")", "notify_channel = \"\"", Probe::Off).await;
         bench.run("notify, probe beside it", "", Probe::On).await;
-        topics::delete_own(&bench.brokers).await;
+        topics::delete_own(&config.kafka).await;
     });
 }
 

@@ -176,7 +176,7 @@ async fn bench(config: Config) {
     println!("(w) GET /{{store}}/api/v2/sales/orders.json {:>7} orders {:>7.2} s {:>9.0} orders/s", walk.0, walk.2.as_secs_f64(), rate(walk));
     println!("(x) order-cdc run --once via webstore_api {:>8} orders {:>7.2} s {:>9.0} orders/s", source.0, source.2.as_secs_f64(), rate(source));
     println!("ratio x / w = {:.2}", rate(source) / rate(walk));
-    topics::delete_own(brokers).await;
+    topics::delete_own(&config.kafka).await;
 }
 
 const WEBSTORE_SIZE: usize = 80;

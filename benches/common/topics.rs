@@ -7,24 +7,21 @@
 
 use std::time::Duration;
 
+use order_cdc::config::KafkaConfig;
+use order_cdc::sink::kafka::client_config;
 use rdkafka::admin::{AdminClient, AdminOptions};
 use rdkafka::client::DefaultClientContext;
-use rdkafka::config::ClientConfig;
 
-pub async fn delete_own(brokers: &str) {
-    let admin: AdminClient<DefaultClientContext> = ClientConfig::new().set("bootstrap.servers", brokers).create().expect("an admin client");
+/// Deletes the topics of this run, reaching the broker as the pipelines do (the same
+/// brokers and properties, TLS and SASL included).
+pub async fn delete_own(kafka: &KafkaConfig) {
+    let admin: AdminClient<DefaultClientContext> = client_config(kafka, "bench").create().expect("an admin client");
     let pid = std::process::id().to_string();
     let metadata = tokio::task::block_in_place(|| admin.inner().fetch_metadata(None, Duration::from_secs(10))).expect("the broker's topics");
-    let own: Vec<String> = metadata
-        .topics()
-        .iter()
-        .map(|t| t.name().to_string())
-        .filter(|name| name.starts_with("bench-") && name.split(['-', '.']).any(|word| word == pid))
-        .collect();
-    if own.is_empty() {
+    let names: Vec<&str> = metadata.topics().iter().map(|t| t.name()).filter(|name| name.starts_with("bench-") && name.split(['-', '.']).any(|word| word == pid)).collect();
+    if names.is_empty() {
         return;
     }
-    let names: Vec<&str> = own.iter().map(String::as_str).collect();
     match admin.delete_topics(&names, &AdminOptions::new().operation_timeout(Some(Duration::from_secs(30)))).await {
         Ok(results) => {
             let failed: Vec<String> = results.into_iter().filter_map(Result::err).map(|(topic, code)| format!("{topic} ({code})")).collect();
