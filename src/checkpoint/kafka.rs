@@ -16,6 +16,7 @@ use rdkafka::{ClientConfig, Offset, TopicPartitionList};
 
 use super::{Checkpoint, CheckpointError};
 use crate::config::KafkaConfig;
+use crate::sink::kafka::dispose;
 
 const TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -68,10 +69,9 @@ impl KafkaStore {
     pub async fn ensure_topic(&self, replication_factor: i32) -> Result<(), CheckpointError> {
         let admin: AdminClient<_> = self.client_config().create().map_err(kafka_error("checkpoint store"))?;
         let topic = NewTopic::new(&self.topic, 1, TopicReplication::Fixed(replication_factor)).set("cleanup.policy", "compact");
-        let results = admin
-            .create_topics([&topic], &AdminOptions::new().operation_timeout(Some(TIMEOUT)))
-            .await
-            .map_err(kafka_error("creating the checkpoint topic"))?;
+        let results = admin.create_topics([&topic], &AdminOptions::new().operation_timeout(Some(TIMEOUT))).await;
+        dispose(admin);
+        let results = results.map_err(kafka_error("creating the checkpoint topic"))?;
         for result in results {
             match result {
                 Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
@@ -101,6 +101,13 @@ impl KafkaStore {
             .set("fetch.wait.max.ms", "10")
             .create_with_context(ReaderContext)
             .map_err(kafka_error("checkpoint reader"))?;
+        let latest = self.read(&consumer, pipeline);
+        dispose(consumer);
+        latest
+    }
+
+    /// The read itself, on a reader assigned nothing yet.
+    fn read(&self, consumer: &BaseConsumer<ReaderContext>, pipeline: &str) -> Result<Option<Checkpoint>, CheckpointError> {
         let metadata = consumer.fetch_metadata(Some(&self.topic), TIMEOUT).map_err(kafka_error("reading the checkpoint topic's metadata"))?;
         let Some(topic) = metadata.topics().iter().find(|t| t.name() == self.topic && t.error().is_none()) else {
             return Ok(None);

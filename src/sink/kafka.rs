@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::ClientContext;
+use rdkafka::client::{ClientContext, DefaultClientContext};
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
@@ -133,6 +133,13 @@ pub fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
     cfg
 }
 
+/// Tears an rdkafka client down off the async workers and without waiting for it: its
+/// destruction joins its threads, which took about 100 ms here, on the way to the first
+/// page when it was a start-up's admin client or checkpoint reader.
+pub fn dispose<T: Send + 'static>(client: T) {
+    tokio::task::spawn_blocking(move || drop(client));
+}
+
 /// Runs a blocking rdkafka call (init, commit, abort) off the async workers.
 async fn blocking<T: Send + 'static>(call: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(call).await.expect("rdkafka calls do not panic")
@@ -150,6 +157,11 @@ impl Publisher {
         let producer: FutureProducer<LoggingContext> = cfg
             .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
             .map_err(kafka_error(SinkError::Config))?;
+        // Made now, so that it connects while the producer fetches the metadata: made
+        // when a topic turns out to be missing, its bootstrap alone cost about 60 ms of
+        // start-up (librdkafka spaces a client's first connections by half of
+        // reconnect.backoff.ms).
+        let admin: AdminClient<_> = cfg.create().map_err(kafka_error(SinkError::Config))?;
         let probe = producer.clone();
         let metadata = blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await
@@ -160,8 +172,9 @@ impl Publisher {
         let existing: Vec<&str> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
         let missing: Vec<&str> = [topic, dead_letter_topic].into_iter().map(String::as_str).filter(|t| !existing.contains(t)).collect();
         if !missing.is_empty() {
-            ensure_topics(&cfg, &missing, *partitions, *replication_factor).await?;
+            ensure_topics(&admin, &missing, *partitions, *replication_factor).await?;
         }
+        dispose(admin);
         if transactional.is_some() {
             // Fences any earlier producer with this id and aborts what it left open, so
             // the checkpoint read after this sees only committed transactions.
@@ -251,9 +264,7 @@ impl Sink for Publisher {
 
     async fn rebuild(&mut self) -> Result<(), SinkError> {
         let fresh = Self::connect(self.spec.clone()).await?;
-        // Tearing the old one down waits for its threads: not on an async worker.
-        let old = std::mem::replace(self, fresh);
-        tokio::task::spawn_blocking(move || drop(old));
+        dispose(std::mem::replace(self, fresh));
         Ok(())
     }
 }
@@ -302,8 +313,7 @@ impl TransactionalSink for Publisher {
     }
 }
 
-async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), SinkError> {
-    let admin: AdminClient<_> = cfg.create().map_err(kafka_error(SinkError::Config))?;
+async fn ensure_topics(admin: &AdminClient<DefaultClientContext>, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), SinkError> {
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)))
