@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use rdkafka::admin::{AdminClient, AdminOptions, NewTopic, TopicReplication};
-use rdkafka::client::{ClientContext, DefaultClientContext};
+use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
@@ -157,11 +157,6 @@ impl Publisher {
         let producer: FutureProducer<LoggingContext> = cfg
             .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
             .map_err(kafka_error(SinkError::Config))?;
-        // Made now, so that it connects while the producer fetches the metadata: made
-        // when a topic turns out to be missing, its bootstrap alone cost about 60 ms of
-        // start-up (librdkafka spaces a client's first connections by half of
-        // reconnect.backoff.ms).
-        let admin: AdminClient<_> = cfg.create().map_err(kafka_error(SinkError::Config))?;
         let probe = producer.clone();
         let metadata = blocking(move || probe.client().fetch_metadata(None, METADATA_TIMEOUT))
             .await
@@ -172,9 +167,8 @@ impl Publisher {
         let existing: Vec<&str> = metadata.topics().iter().filter(|t| t.error().is_none()).map(|t| t.name()).collect();
         let missing: Vec<&str> = [topic, dead_letter_topic].into_iter().map(String::as_str).filter(|t| !existing.contains(t)).collect();
         if !missing.is_empty() {
-            ensure_topics(&admin, &missing, *partitions, *replication_factor).await?;
+            ensure_topics(&cfg, &missing, *partitions, *replication_factor).await?;
         }
-        dispose(admin);
         if transactional.is_some() {
             // Fences any earlier producer with this id and aborts what it left open, so
             // the checkpoint read after this sees only committed transactions.
@@ -313,15 +307,15 @@ impl TransactionalSink for Publisher {
     }
 }
 
-async fn ensure_topics(admin: &AdminClient<DefaultClientContext>, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), SinkError> {
+async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), SinkError> {
+    let admin: AdminClient<_> = cfg.create().map_err(kafka_error(SinkError::Config))?;
     let new: Vec<NewTopic> = topics
         .iter()
         .map(|t| NewTopic::new(t, partitions, TopicReplication::Fixed(replication_factor)))
         .collect();
-    let results = admin
-        .create_topics(&new, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT)))
-        .await
-        .map_err(|e| SinkError::Topic { topic: topics.join(", "), reason: e.to_string() })?;
+    let results = admin.create_topics(&new, &AdminOptions::new().operation_timeout(Some(METADATA_TIMEOUT))).await;
+    dispose(admin);
+    let results = results.map_err(|e| SinkError::Topic { topic: topics.join(", "), reason: e.to_string() })?;
     for result in results {
         match result {
             Ok(_) | Err((_, RDKafkaErrorCode::TopicAlreadyExists)) => {}
