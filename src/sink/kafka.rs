@@ -1,6 +1,6 @@
 //! The Kafka sink: an idempotent rdkafka producer (acks=all, murmur2_random) that sends a
-//! whole batch without waiting, then hands back one acknowledgement that awaits the
-//! batch's delivery futures, after rust-rdkafka's at-least-once example. Under
+//! whole batch without waiting, then hands back one acknowledgement that resolves when
+//! the producer has reported every message of the batch (`deliveries.rs`). Under
 //! `exactly_once` it is transactional and commits each checkpoint inside the transaction.
 
 use std::borrow::Cow;
@@ -13,8 +13,9 @@ use rdkafka::client::ClientContext;
 use rdkafka::config::{ClientConfig, RDKafkaLogLevel};
 use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
-use rdkafka::producer::{DeliveryFuture, FutureProducer, FutureRecord, Producer};
+use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
+use super::deliveries::Deliveries;
 use super::{Acknowledgement, Delivered, Sink, SinkError, TransactionalSink};
 use crate::checkpoint::{Checkpoint, KafkaStore};
 use crate::config::{KafkaConfig, OnBadRecord};
@@ -59,32 +60,12 @@ impl ClientContext for LoggingContext {
     }
 }
 
-/// One event in flight and what it is, for counting once it is acknowledged.
-struct Pending {
-    delivery: DeliveryFuture,
-    dead_letter: bool,
-}
+/// Each message carries its batch's [`Deliveries`], and its report counts it off there.
+impl ProducerContext for LoggingContext {
+    type DeliveryOpaque = Arc<Deliveries>;
 
-/// Awaits a batch's deliveries in order: the first failure is the batch's.
-async fn acknowledge(pending: Vec<Pending>) -> Result<Delivered, SinkError> {
-    let mut delivered = Delivered::default();
-    for p in pending {
-        acknowledged(p.delivery).await?;
-        if p.dead_letter {
-            delivered.dead_lettered += 1;
-        } else {
-            delivered.events += 1;
-        }
-    }
-    Ok(delivered)
-}
-
-/// Waits for the broker's acknowledgement of one message.
-async fn acknowledged(delivery: DeliveryFuture) -> Result<(), SinkError> {
-    match delivery.await {
-        Ok(Ok(_)) => Ok(()),
-        Ok(Err((e, _))) => Err(SinkError::Delivery(e.to_string())),
-        Err(_) => Err(SinkError::Canceled),
+    fn delivery(&self, result: &DeliveryResult<'_>, deliveries: Arc<Deliveries>) {
+        deliveries.report(result.as_ref().err().map(|(e, _)| e.to_string()));
     }
 }
 
@@ -112,7 +93,7 @@ pub struct PublisherSpec {
 
 /// The Kafka sink: a producer and what it was built from, so it can be rebuilt.
 pub struct Publisher {
-    producer: FutureProducer<LoggingContext>,
+    producer: ThreadedProducer<LoggingContext>,
     spec: PublisherSpec,
 }
 
@@ -154,7 +135,7 @@ impl Publisher {
             cfg.set("transactional.id", &t.id);
         }
         let started = Arc::new(AtomicBool::new(false));
-        let producer: FutureProducer<LoggingContext> = cfg
+        let producer: ThreadedProducer<LoggingContext> = cfg
             .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
             .map_err(kafka_error(SinkError::Config))?;
         let probe = producer.clone();
@@ -186,32 +167,35 @@ impl Publisher {
     /// pipeline for good. It is a bad record: its key and the reason go to the dead-letter
     /// topic without the document (which would not fit there either), or it stops the
     /// pipeline.
-    async fn too_large(&self, record: &Record, bytes: usize) -> Result<Pending, SinkError> {
+    async fn too_large(&self, record: &Record, bytes: usize, deliveries: &Arc<Deliveries>) -> Result<(), SinkError> {
         if self.spec.on_bad_record == OnBadRecord::Fail {
             return Err(SinkError::TooLarge { key: record.key.clone(), bytes });
         }
         let reason = format!("the event value is {bytes} bytes, more than the producer's message.max.bytes; the document is left out");
         tracing::warn!(pipeline = %self.format().pipeline, key = %record.key, bytes, "an event is too large for Kafka; it goes to the dead-letter topic without its document");
-        let delivery = self.enqueue(&self.spec.dead_letter_topic, self.format().dead_letter(record, &reason, b"")).await.map_err(kafka_error(SinkError::Send))?;
-        Ok(Pending { delivery, dead_letter: true })
+        self.enqueue(&self.spec.dead_letter_topic, self.format().dead_letter(record, &reason, b""), deliveries).await.map_err(kafka_error(SinkError::Send))
     }
 
-    /// Hands one message to librdkafka, waiting while its local queue is full.
-    async fn enqueue(&self, topic: &str, event: Event<'_>) -> Result<DeliveryFuture, KafkaError> {
+    /// Hands one message of a batch to librdkafka, waiting while its local queue is full.
+    async fn enqueue(&self, topic: &str, event: Event<'_>, deliveries: &Arc<Deliveries>) -> Result<(), KafkaError> {
         let Event { key, value, headers } = event;
-        let mut message = FutureRecord::to(topic).key(key).headers(headers);
+        let mut message = BaseRecord::with_opaque_to(topic, deliveries.clone()).key(key).headers(headers);
         if let Some(value) = value.as_deref() {
             message = message.payload(value);
         }
+        deliveries.add();
         loop {
-            match self.producer.send_result(message) {
-                Ok(delivery) => return Ok(delivery),
+            match self.producer.send(message) {
+                Ok(()) => return Ok(()),
                 // librdkafka's local queue is full: give it a moment to drain to the broker.
                 Err((KafkaError::MessageProduction(RDKafkaErrorCode::QueueFull), back)) => {
                     message = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => return Err(e),
+                Err((e, _)) => {
+                    deliveries.refused();
+                    return Err(e);
+                }
             }
         }
     }
@@ -222,10 +206,11 @@ impl Publisher {
 }
 
 impl Sink for Publisher {
-    /// Bad records go to the dead-letter topic; the acknowledgement awaits the deliveries
-    /// in the batch's order.
+    /// Bad records go to the dead-letter topic; the acknowledgement resolves once every
+    /// message of the batch is reported, with the first failure reported if any.
     async fn send(&self, records: &[Record]) -> Result<Acknowledgement, SinkError> {
-        let mut pending = Vec::with_capacity(records.len());
+        let (deliveries, settled) = Deliveries::begin();
+        let mut delivered = Delivered::default();
         for record in records {
             let (event, dead_letter) = match &record.body {
                 RecordBody::Bad { reason, raw } => (self.format().dead_letter(record, reason, raw), true),
@@ -233,14 +218,18 @@ impl Sink for Publisher {
             };
             let topic = if dead_letter { &self.spec.dead_letter_topic } else { &self.spec.topic };
             let bytes = event.payload().map_or(0, <[u8]>::len);
-            let p = match self.enqueue(topic, event).await {
-                Ok(delivery) => Pending { delivery, dead_letter },
-                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => self.too_large(record, bytes).await?,
+            match self.enqueue(topic, event, &deliveries).await {
+                Ok(()) if dead_letter => delivered.dead_lettered += 1,
+                Ok(()) => delivered.events += 1,
+                Err(KafkaError::MessageProduction(RDKafkaErrorCode::MessageSizeTooLarge)) => {
+                    self.too_large(record, bytes, &deliveries).await?;
+                    delivered.dead_lettered += 1;
+                }
                 Err(e) => return Err(SinkError::Send(e.to_string())),
-            };
-            pending.push(p);
+            }
         }
-        Ok(Box::pin(acknowledge(pending)))
+        deliveries.sent();
+        Ok(Box::pin(async move { settled.wait().await.map(|()| delivered) }))
     }
 
     /// A fatal error leaves the producer unusable. A message librdkafka refused or gave up
@@ -274,8 +263,10 @@ impl TransactionalSink for Publisher {
         let topic = &self.transactional()?.checkpoint_topic;
         let value = KafkaStore::value(cp);
         let event = Event { key: &cp.pipeline, value: Some(Cow::Borrowed(&value)), headers: OwnedHeaders::new() };
-        let delivery = self.enqueue(topic, event).await.map_err(kafka_error(SinkError::Send))?;
-        Ok(Box::pin(async move { acknowledged(delivery).await.map(|()| Delivered::default()) }))
+        let (deliveries, settled) = Deliveries::begin();
+        self.enqueue(topic, event, &deliveries).await.map_err(kafka_error(SinkError::Send))?;
+        deliveries.sent();
+        Ok(Box::pin(async move { settled.wait().await.map(|()| Delivered::default()) }))
     }
 
     /// `commit_transaction` flushes, so it fails if any message in it was not acknowledged.

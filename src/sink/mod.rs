@@ -3,6 +3,7 @@
 //! (after vector's `BatchNotifier`/`BatchStatus`); only `kafka.rs` knows rdkafka. The
 //! traits are the seam where the pipeline core is tested without a broker.
 
+mod deliveries;
 pub mod kafka;
 
 use std::future::Future;
