@@ -17,9 +17,8 @@ pub struct Deliveries {
     /// Messages not yet reported, plus one that the sender holds until it has enqueued
     /// the whole batch: the count cannot reach zero while messages may still be added.
     outstanding: AtomicUsize,
-    /// The first failure reported, in the order the reports came.
-    failure: Mutex<Option<String>>,
-    /// Fired with that failure by whichever count-off reaches zero.
+    /// Fired once: with the first failure as soon as it is reported, or with none by the
+    /// count-off that reaches zero.
     settled: Mutex<Option<oneshot::Sender<Option<String>>>>,
 }
 
@@ -30,7 +29,7 @@ impl Deliveries {
     /// A batch being sent: `add` each message before handing it over, then `sent`.
     pub fn begin() -> (Arc<Self>, Settled) {
         let (tx, rx) = oneshot::channel();
-        (Arc::new(Self { outstanding: AtomicUsize::new(1), failure: Mutex::new(None), settled: Mutex::new(Some(tx)) }), Settled(rx))
+        (Arc::new(Self { outstanding: AtomicUsize::new(1), settled: Mutex::new(Some(tx)) }), Settled(rx))
     }
 
     /// Counts a message about to be handed over: before, so that its report, which may
@@ -50,19 +49,26 @@ impl Deliveries {
         self.count_off();
     }
 
-    /// One message's delivery report: `Some` why it failed.
+    /// One message's delivery report: `Some` why it failed. A failure fails the batch at
+    /// once, as awaiting its messages in order did: the rest of the batch may take until
+    /// `message.timeout.ms` to be reported, and the pipeline resends from its checkpoint.
     pub fn report(&self, failure: Option<String>) {
-        if let Some(why) = failure {
-            self.failure.lock().expect("no panic while held").get_or_insert(why);
+        if failure.is_some() {
+            self.settle(failure);
         }
         self.count_off();
     }
 
     fn count_off(&self) {
         if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            if let Some(tx) = self.settled.lock().expect("no panic while held").take() {
-                let _ = tx.send(self.failure.lock().expect("no panic while held").take());
-            }
+            self.settle(None);
+        }
+    }
+
+    /// The first to settle the batch decides it.
+    fn settle(&self, failure: Option<String>) {
+        if let Some(tx) = self.settled.lock().expect("no panic while held").take() {
+            let _ = tx.send(failure);
         }
     }
 }
@@ -70,8 +76,10 @@ impl Deliveries {
 impl Settled {
     /// Every message acknowledged, or the first failure.
     pub async fn wait(self) -> Result<(), SinkError> {
-        // Every unreported message keeps the batch's sender alive: dropped unfired, the
-        // reports were lost with their producer.
+        // The sender is fired once every message is reported or refused and the batch is
+        // sent; it is dropped unfired only with a batch abandoned half-sent, which nobody
+        // awaits. A report librdkafka never made would leave this waiting, as it would a
+        // per-message future.
         match self.0.await {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(SinkError::Delivery(why)),
@@ -102,16 +110,16 @@ mod tests {
     }
 
     #[test]
-    fn the_first_failure_is_the_batchs() {
+    fn the_first_failure_fails_the_batch_at_once() {
         let (d, settled) = Deliveries::begin();
         for _ in 0..3 {
             d.add();
         }
-        d.sent();
         d.report(None);
         d.report(Some("first".into()));
+        assert!(matches!(settled.wait().now_or_never(), Some(Err(SinkError::Delivery(why))) if why == "first"), "before the rest is reported or the batch is even sent");
         d.report(Some("second".into()));
-        assert!(matches!(settled.wait().now_or_never(), Some(Err(SinkError::Delivery(why))) if why == "first"));
+        d.sent();
     }
 
     #[test]

@@ -115,8 +115,9 @@ pub fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
 }
 
 /// Tears an rdkafka client down off the async workers and without waiting for it: its
-/// destruction joins its threads, which took about 100 ms here, on the way to the first
-/// page when it was a start-up's admin client or checkpoint reader.
+/// destruction joins its threads, about 100 ms here, which a start-up's admin client or
+/// checkpoint reader (on every load, retries too) spent on the way to the first page, and
+/// a replaced producer on the way to the next.
 pub fn dispose<T: Send + 'static>(client: T) {
     tokio::task::spawn_blocking(move || drop(client));
 }

@@ -80,8 +80,11 @@ impl HeadFields<'_> {
     /// The document's key (a number or a non-empty string, as text) and its change-time
     /// value, or why it cannot become an event: `(key so far, reason)`.
     ///
-    /// `raw` is valid JSON (it was read as part of its page), so a read that stopped early
-    /// reports the unread rest as an error, and only a read without both fields failed.
+    /// `raw` was read whole as part of its page, so its structure is sound: a read that
+    /// stopped early reports the unread rest as an error, and only a read without both
+    /// fields failed. (serde_json checks `\u` escapes in the keys read here but not in
+    /// what a page skips over; a lone surrogate in a later key, like one in any value,
+    /// passes through as the API sent it.)
     pub fn read(self, raw: &RawValue) -> Result<(String, serde_json::Value), (String, String)> {
         let mut head = Head::default();
         let read = Finder { fields: self, head: &mut head }.deserialize(&mut serde_json::Deserializer::from_str(raw.get()));
