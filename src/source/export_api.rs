@@ -85,6 +85,10 @@ impl DialectConfig for ExportApiSourceConfig {
                 return Err(InvalidValue::new(key, "must not be empty"));
             }
         }
+        if self.id_field == self.updated_at_field {
+            // One field cannot be both: every record would go to the dead-letter topic.
+            return Err(InvalidValue::new("source.updated_at_field", "must name another field than source.id_field"));
+        }
         Ok(())
     }
 
@@ -250,6 +254,20 @@ mod tests {
         assert_eq!(at(r#"{"id": "u-1", "modified": 1705314600.5}"#), expected);
         assert_eq!(at(r#"{"id": "u-1", "modified": 1705314600500}"#), expected);
         assert_eq!(record(&raw(r#"{"i\u0064": 5, "modified": 1705314600}"#), fields).key, "5", "escaped keys match too");
+    }
+
+    #[test]
+    fn the_two_fields_are_named_and_not_the_same() {
+        let cfg = |fields: serde_json::Value| {
+            let mut c = serde_json::json!({"base_url": "http://api.example", "token": "t"});
+            c.as_object_mut().unwrap().extend(fields.as_object().unwrap().clone());
+            serde_json::from_value::<ExportApiSourceConfig>(c).unwrap().validate().map_err(|e| format!("{}: {}", e.key, e.reason))
+        };
+        assert!(cfg(serde_json::json!({})).is_ok());
+        assert!(cfg(serde_json::json!({"id_field": "id", "updated_at_field": "modified"})).is_ok());
+        let same = cfg(serde_json::json!({"id_field": "at", "updated_at_field": "at"})).unwrap_err();
+        assert!(same.contains("source.updated_at_field") && same.contains("source.id_field"), "{same}");
+        assert!(cfg(serde_json::json!({"id_field": ""})).unwrap_err().contains("source.id_field"));
     }
 
     #[test]
