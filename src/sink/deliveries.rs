@@ -1,12 +1,15 @@
-//! One batch's deliveries, counted down by the producer's delivery reports.
+//! One batch's deliveries, settled when the producer has reported every message of it.
 //!
 //! Each message of a batch carries the batch's `Arc<Deliveries>` as its delivery opaque,
-//! and its report (on librdkafka's polling thread) counts it off. This takes the place
-//! of a channel and a future per message (rust-rdkafka's `FutureProducer`), which with a
-//! small document were about 6 % of order-cdc's CPU samples: two allocations, a wake-up
-//! and a poll per event, where a batch needs one answer.
+//! and lets go of it when its report comes (on librdkafka's polling thread), or at once
+//! when librdkafka refuses to take it. As vector's `BatchNotifier` does, the batch is
+//! settled by the last one to let go (the sender, once the whole batch is handed over,
+//! holds it until then), so the `Arc`'s own count is the count of messages outstanding.
+//! This takes the place of a channel and a future per message (rust-rdkafka's
+//! `FutureProducer`), which with a small document were about 6 % of order-cdc's CPU
+//! samples: two allocations, a wake-up and a poll per event, where a batch needs one
+//! answer.
 
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use futures::channel::oneshot;
@@ -14,11 +17,8 @@ use futures::channel::oneshot;
 use super::SinkError;
 
 pub struct Deliveries {
-    /// Messages not yet reported, plus one that the sender holds until it has enqueued
-    /// the whole batch: the count cannot reach zero while messages may still be added.
-    outstanding: AtomicUsize,
-    /// Fired once: with the first failure as soon as it is reported, or with none by the
-    /// count-off that reaches zero.
+    /// Fired once: with the first failure as soon as it is reported, or with none when
+    /// the last holder lets go.
     settled: Mutex<Option<oneshot::Sender<Option<String>>>>,
 }
 
@@ -26,27 +26,11 @@ pub struct Deliveries {
 pub struct Settled(oneshot::Receiver<Option<String>>);
 
 impl Deliveries {
-    /// A batch being sent: `add` each message before handing it over, then `sent`.
+    /// A batch being sent: each message takes a clone as its delivery opaque, and the
+    /// sender drops its own once the whole batch is handed over.
     pub fn begin() -> (Arc<Self>, Settled) {
         let (tx, rx) = oneshot::channel();
-        (Arc::new(Self { outstanding: AtomicUsize::new(1), settled: Mutex::new(Some(tx)) }), Settled(rx))
-    }
-
-    /// Counts a message about to be handed over: before, so that its report, which may
-    /// come at once, always has something to count off.
-    pub fn add(&self) {
-        self.outstanding.fetch_add(1, Ordering::Relaxed);
-    }
-
-    /// Takes back a message librdkafka refused to take: it will never be reported. The
-    /// sender's own hold keeps the count above zero.
-    pub fn refused(&self) {
-        self.outstanding.fetch_sub(1, Ordering::Relaxed);
-    }
-
-    /// The whole batch is handed over: the sender lets go of its hold.
-    pub fn sent(&self) {
-        self.count_off();
+        (Arc::new(Self { settled: Mutex::new(Some(tx)) }), Settled(rx))
     }
 
     /// One message's delivery report: `Some` why it failed. A failure fails the batch at
@@ -55,13 +39,6 @@ impl Deliveries {
     pub fn report(&self, failure: Option<String>) {
         if failure.is_some() {
             self.settle(failure);
-        }
-        self.count_off();
-    }
-
-    fn count_off(&self) {
-        if self.outstanding.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.settle(None);
         }
     }
 
@@ -73,13 +50,19 @@ impl Deliveries {
     }
 }
 
+impl Drop for Deliveries {
+    /// The last holder let go: every message is reported (or was refused), and the
+    /// sender has handed over the whole batch.
+    fn drop(&mut self) {
+        self.settle(None);
+    }
+}
+
 impl Settled {
     /// Every message acknowledged, or the first failure.
     pub async fn wait(self) -> Result<(), SinkError> {
-        // The sender is fired once every message is reported or refused and the batch is
-        // sent; it is dropped unfired only with a batch abandoned half-sent, which nobody
-        // awaits. A report librdkafka never made would leave this waiting, as it would a
-        // per-message future.
+        // Settling on drop fires the sender on every path; a report librdkafka never
+        // made would leave this waiting, as it would a per-message future.
         match self.0.await {
             Ok(None) => Ok(()),
             Ok(Some(why)) => Err(SinkError::Delivery(why)),
@@ -98,34 +81,31 @@ mod tests {
     fn a_batch_settles_when_its_last_report_is_in_and_the_sender_has_let_go() {
         let (d, settled) = Deliveries::begin();
         let mut settled = Box::pin(settled.wait());
-        d.add();
-        d.add();
-        d.report(None);
-        d.add();
-        d.refused();
-        d.report(None);
+        let (first, second, refused) = (d.clone(), d.clone(), d.clone());
+        first.report(None);
+        drop(first);
+        drop(refused);
+        second.report(None);
+        drop(second);
         assert!(settled.as_mut().now_or_never().is_none(), "the sender still holds it: more may come");
-        d.sent();
+        drop(d);
         assert!(matches!(settled.now_or_never(), Some(Ok(()))));
     }
 
     #[test]
     fn the_first_failure_fails_the_batch_at_once() {
         let (d, settled) = Deliveries::begin();
-        for _ in 0..3 {
-            d.add();
-        }
-        d.report(None);
-        d.report(Some("first".into()));
+        let messages = [d.clone(), d.clone(), d.clone()];
+        messages[0].report(None);
+        messages[1].report(Some("first".into()));
         assert!(matches!(settled.wait().now_or_never(), Some(Err(SinkError::Delivery(why))) if why == "first"), "before the rest is reported or the batch is even sent");
-        d.report(Some("second".into()));
-        d.sent();
+        messages[2].report(Some("second".into()));
     }
 
     #[test]
     fn an_empty_batch_settles_at_once() {
         let (d, settled) = Deliveries::begin();
-        d.sent();
+        drop(d);
         assert!(matches!(settled.wait().now_or_never(), Some(Ok(()))));
     }
 }

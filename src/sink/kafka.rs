@@ -15,7 +15,7 @@ use rdkafka::error::{KafkaError, RDKafkaErrorCode};
 use rdkafka::message::OwnedHeaders;
 use rdkafka::producer::{BaseRecord, DeliveryResult, Producer, ProducerContext, ThreadedProducer};
 
-use super::deliveries::Deliveries;
+use super::deliveries::{Deliveries, Settled};
 use super::{Acknowledgement, Delivered, Sink, SinkError, TransactionalSink};
 use crate::checkpoint::{Checkpoint, KafkaStore};
 use crate::config::{KafkaConfig, OnBadRecord};
@@ -60,7 +60,7 @@ impl ClientContext for LoggingContext {
     }
 }
 
-/// Each message carries its batch's [`Deliveries`], and its report counts it off there.
+/// Each message carries its batch's [`Deliveries`], and lets go of it once reported.
 impl ProducerContext for LoggingContext {
     type DeliveryOpaque = Arc<Deliveries>;
 
@@ -112,6 +112,13 @@ pub fn client_config(kafka: &KafkaConfig, pipeline: &str) -> ClientConfig {
         cfg.set(k, v);
     }
     cfg
+}
+
+/// A batch handed over whole: the sender lets go of it, and its acknowledgement is what
+/// the batch settles to.
+fn acknowledgement(deliveries: Arc<Deliveries>, settled: Settled, delivered: Delivered) -> Acknowledgement {
+    drop(deliveries);
+    Box::pin(async move { settled.wait().await.map(|()| delivered) })
 }
 
 /// Tears an rdkafka client down off the async workers and without waiting for it: its
@@ -184,7 +191,6 @@ impl Publisher {
         if let Some(value) = value.as_deref() {
             message = message.payload(value);
         }
-        deliveries.add();
         loop {
             match self.producer.send(message) {
                 Ok(()) => return Ok(()),
@@ -193,10 +199,8 @@ impl Publisher {
                     message = back;
                     tokio::time::sleep(Duration::from_millis(5)).await;
                 }
-                Err((e, _)) => {
-                    deliveries.refused();
-                    return Err(e);
-                }
+                // The refused message lets go of its batch with `_`.
+                Err((e, _)) => return Err(e),
             }
         }
     }
@@ -229,8 +233,7 @@ impl Sink for Publisher {
                 Err(e) => return Err(SinkError::Send(e.to_string())),
             }
         }
-        deliveries.sent();
-        Ok(Box::pin(async move { settled.wait().await.map(|()| delivered) }))
+        Ok(acknowledgement(deliveries, settled, delivered))
     }
 
     /// A fatal error leaves the producer unusable. A message librdkafka refused or gave up
@@ -266,8 +269,7 @@ impl TransactionalSink for Publisher {
         let event = Event { key: &cp.pipeline, value: Some(Cow::Borrowed(&value)), headers: OwnedHeaders::new() };
         let (deliveries, settled) = Deliveries::begin();
         self.enqueue(topic, event, &deliveries).await.map_err(kafka_error(SinkError::Send))?;
-        deliveries.sent();
-        Ok(Box::pin(async move { settled.wait().await.map(|()| Delivered::default()) }))
+        Ok(acknowledgement(deliveries, settled, Delivered::default()))
     }
 
     /// `commit_transaction` flushes, so it fails if any message in it was not acknowledged.
