@@ -107,7 +107,16 @@ impl Credential {
             Self::Header { value, .. } => vec![value.expose()],
             Self::Headers { headers, .. } => headers.iter().map(|(_, v)| v.expose()).collect(),
         };
-        let mut secrets: Vec<String> = values.iter().flat_map(|v| [v.trim(), v.split_whitespace().last().unwrap_or_default()]).filter(|s| !s.is_empty()).map(str::to_string).collect();
+        let mut secrets: Vec<String> = values
+            .iter()
+            .flat_map(|v| [v.trim(), v.split_whitespace().last().unwrap_or_default()])
+            .filter(|s| !s.is_empty())
+            // As written and as a JSON string writes it (a quote or backslash escaped).
+            .flat_map(|s| {
+                let json = serde_json::to_string(s).expect("a string serialises");
+                [s.to_string(), json[1..json.len() - 1].to_string()]
+            })
+            .collect();
         // The longest first, so that a value is cut out whole before its last word is.
         secrets.sort_by_key(|s| std::cmp::Reverse(s.len()));
         secrets.dedup();
@@ -155,6 +164,7 @@ impl Transport {
             .timeout(settings.request_timeout)
             .connect_timeout(settings.request_timeout.min(Duration::from_secs(10)))
             .user_agent(concat!("order-cdc/", env!("CARGO_PKG_VERSION")))
+            .redirect(reqwest::redirect::Policy::custom(same_origin_redirects))
             .build()
             .map_err(|e| SourceError::Setup(format!("HTTP client: {e}")))?;
         let (credential, secrets) = (settings.credential.headers()?, settings.credential.secrets());
@@ -247,7 +257,7 @@ impl HttpSource {
         }?;
         let Reply { status, headers, body } = reply;
         let secrets = &self.transport.secrets;
-        let detail = |body: Result<Vec<u8>, SourceError>| body.map(|b| secrets.iter().fold(excerpt(&b), |text, s| text.replace(s.as_str(), "***"))).unwrap_or_default();
+        let detail = |body: Result<Vec<u8>, SourceError>| body.map(|b| detail(&b, secrets)).unwrap_or_default();
         let server_date = headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| DateTime::parse_from_rfc2822(v).ok()).map(|d| d.with_timezone(&Utc));
         match status {
             s if s.is_success() => {}
@@ -257,12 +267,18 @@ impl HttpSource {
                     detail: format!("{} refused the {} ({status}): {}", self.endpoint, self.credential_key.replace('_', " "), detail(body)),
                 });
             }
-            StatusCode::TOO_MANY_REQUESTS => {
-                let retry_after = retry_after(&headers, Utc::now());
-                return Err(SourceError::Http { status: Some(429), message: "rate limited (429)".into(), retriable: true, retry_after });
+            s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
+                // A date in `Retry-After` is the server's clock: read it against the server's `Date`.
+                let retry_after = retry_after(&headers, server_date.unwrap_or_else(Utc::now));
+                let message = if s == StatusCode::TOO_MANY_REQUESTS { "rate limited (429)".to_string() } else { format!("the API answered {s}") };
+                return Err(SourceError::Http { status: Some(s.as_u16()), message, retriable: true, retry_after });
             }
-            s if s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
-                return Err(http_error(Some(s.as_u16()), format!("the API answered {s}"), true));
+            s if s.is_redirection() => {
+                // Only a redirect to another origin comes back unfollowed (`same_origin_redirects`).
+                let to = headers.get(reqwest::header::LOCATION).and_then(|v| v.to_str().ok()).and_then(|v| url::Url::parse(v).ok()).map(|u| u.origin().ascii_serialization());
+                let to = to.unwrap_or_else(|| "another origin".into());
+                let message = format!("{} redirected to {to} ({s}); the {} is only sent to source.url's own origin, so set source.url to where the API now lives", self.endpoint, self.credential_key.replace('_', " "));
+                return Err(http_error(Some(s.as_u16()), message, false));
             }
             s => {
                 let batch = self.dialect.refused(s, detail(body), server_date)?;
@@ -308,14 +324,36 @@ pub fn malformed(what: impl std::fmt::Display) -> SourceError {
     http_error(Some(200), format!("malformed page ({what}); retrying it"), true)
 }
 
-/// `Retry-After` in seconds or as an HTTP date.
+/// Bounds on a wait the server asks for. At least a second, so that a date already past
+/// (a server clock behind ours) or `0` does not turn into requests as fast as we can
+/// send them; at most five minutes, so that a wrong date (a clock a day off) cannot stall
+/// the pipeline, while asking again after it costs one request.
+const RETRY_AFTER_BOUNDS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
+
+/// `Retry-After` in seconds or as an HTTP date, which is counted from `now`, the server's
+/// clock when it sent one; within `RETRY_AFTER_BOUNDS`.
 fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
-    if let Ok(seconds) = value.parse::<u64>() {
-        return Some(Duration::from_secs(seconds));
+    let wait = match value.parse::<u64>() {
+        Ok(seconds) => Duration::from_secs(seconds),
+        Err(_) => (DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc) - now).to_std().unwrap_or_default(),
+    };
+    Some(wait.clamp(RETRY_AFTER_BOUNDS.0, RETRY_AFTER_BOUNDS.1))
+}
+
+/// Redirects are followed within the origin of the request only: the credential is
+/// a header (`X-API-Key`, the operator's own) that reqwest would carry to any host, since it
+/// strips only `Authorization` and cookies on the way. A redirect elsewhere comes back as
+/// the 3xx, which stops the pipeline naming the new origin.
+fn same_origin_redirects(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
+    let same = attempt.previous().last().is_some_and(|from| from.origin() == attempt.url().origin());
+    if attempt.previous().len() > 10 {
+        attempt.error("more than 10 redirects")
+    } else if same {
+        attempt.follow()
+    } else {
+        attempt.stop()
     }
-    let at = DateTime::parse_from_rfc2822(value).ok()?.with_timezone(&Utc);
-    Some((at - now).to_std().unwrap_or_default())
 }
 
 /// reqwest's messages name the URL, whose query may hold a cursor: say what failed and
@@ -338,10 +376,18 @@ fn without_url(e: &reqwest::Error) -> String {
     message
 }
 
-/// The start of an error body, on one line.
-fn excerpt(body: &[u8]) -> String {
-    let text = String::from_utf8_lossy(&body[..body.len().min(300)]);
-    text.split_whitespace().collect::<Vec<_>>().join(" ")
+/// An error body as it may be quoted: its start on one line, the secrets cut out of the
+/// whole body first (a secret cut in two by the excerpt would no longer match). A JSON
+/// body is written out again before that, so that a secret the server escaped (`\/`,
+/// `\u0041`) reads as itself.
+fn detail(body: &[u8], secrets: &[String]) -> String {
+    let text = match serde_json::from_slice::<serde_json::Value>(body) {
+        Ok(json) => json.to_string(),
+        Err(_) => String::from_utf8_lossy(body).into_owned(),
+    };
+    let text = secrets.iter().fold(text, |text, s| text.replace(s.as_str(), "***"));
+    let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
+    line.chars().take(300).collect()
 }
 
 /// A URL without its credentials, query and trailing slashes.
@@ -360,13 +406,22 @@ pub fn without_credentials(url: &str) -> String {
     url
 }
 
+/// Query parameters that carry a credential. A URL is quoted back in refusals (its
+/// query, as the parameters sent) and is the basis of the checkpoint fingerprint, so a
+/// secret has its own key, sent as a header.
+const CREDENTIAL_PARAMETERS: [&str; 6] = ["api_key", "apikey", "token", "access_token", "secret", "password"];
+
 /// The rule every dialect's URL key obeys; the value itself is never shown (it may hold
 /// credentials).
 pub fn check_url(key: &'static str, value: &str) -> Result<(), InvalidValue> {
-    match url::Url::parse(value) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok(()),
-        _ => Err(InvalidValue::new(key, "is not an http(s) URL")),
+    let url = match url::Url::parse(value) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => u,
+        _ => return Err(InvalidValue::new(key, "is not an http(s) URL")),
+    };
+    if let Some((name, _)) = url.query_pairs().find(|(name, _)| CREDENTIAL_PARAMETERS.contains(&name.to_ascii_lowercase().as_str())) {
+        return Err(InvalidValue::new(key, format!("carries a credential in its query ({name}=…): give it in the source's own credential key, which is sent as a header")));
     }
+    Ok(())
 }
 
 #[cfg(test)]
@@ -381,10 +436,46 @@ mod tests {
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(7)));
         h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:03 GMT"));
         assert_eq!(retry_after(&h, now), Some(Duration::from_secs(3)));
-        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:27:00 GMT"));
-        assert_eq!(retry_after(&h, now), Some(Duration::ZERO));
         h.insert(RETRY_AFTER, HeaderValue::from_static("soon"));
         assert_eq!(retry_after(&h, now), None);
+    }
+
+    #[test]
+    fn a_wait_asked_for_is_at_least_a_second_and_at_most_five_minutes() {
+        let now = DateTime::parse_from_rfc3339("2015-10-21T07:28:00Z").unwrap().with_timezone(&Utc);
+        let wait = |value: &'static str| {
+            let mut h = HeaderMap::new();
+            h.insert(RETRY_AFTER, HeaderValue::from_static(value));
+            retry_after(&h, now)
+        };
+        // A date already past by the server's clock, or none at all: not a busy loop.
+        assert_eq!(wait("Wed, 21 Oct 2015 07:27:00 GMT"), Some(Duration::from_secs(1)));
+        assert_eq!(wait("0"), Some(Duration::from_secs(1)));
+        // A day ahead (a clock a day off, or a quota) is asked again after five minutes.
+        assert_eq!(wait("Thu, 22 Oct 2015 07:28:00 GMT"), Some(Duration::from_secs(300)));
+        assert_eq!(wait("86400"), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn a_quoted_body_never_holds_a_secret_whole_or_in_part() {
+        let secrets = Credential::Header { key: "api_key", name: HeaderName::from_static("x-api-key"), value: Secret::new("k3y/w1th\\\"quote".to_string()) }.secrets();
+        // Escaped as PHP writes `/`, as JSON writes a backslash and a quote, and in \u form.
+        let escaped = br#"{"error": {"message": "bad key k3y\/w1th\\\"quote", "echo": "\u006b3y/w1th\\\"quote"}}"#;
+        let quoted = detail(escaped, &secrets);
+        assert!(!quoted.contains("k3y") && quoted.contains("bad key ***"), "{quoted}");
+        // A secret that straddles the excerpt's end is cut out before the excerpt is taken.
+        let long = format!("{} k3y/w1th\\\"quote", "x".repeat(298));
+        let quoted = detail(long.as_bytes(), &secrets);
+        assert!(!quoted.contains("k3y"), "{quoted}");
+        assert_eq!(quoted.chars().count(), 300);
+    }
+
+    #[test]
+    fn a_url_with_a_credential_in_its_query_is_refused_without_showing_it() {
+        assert!(check_url("source.url", "https://h.example/api/orders/?status=confirmed").is_ok());
+        let e = check_url("source.url", "https://h.example/api/orders/?status=confirmed&API_KEY=s3cr3t").unwrap_err();
+        assert!(e.key == "source.url" && e.reason.contains("API_KEY=") && !e.reason.contains("s3cr3t"), "{}", e.reason);
+        assert!(check_url("source.url", "ftp://h.example/").is_err());
     }
 
     #[test]
