@@ -54,10 +54,33 @@ struct Page<'a> {
     meta: Option<Meta>,
 }
 
+/// What a page says of the run.
+#[derive(Debug, PartialEq)]
+enum Next {
+    /// Go on with this cursor.
+    Cursor(String),
+    /// The run is over: `has_more` is false, or there is no cursor and no `has_more`
+    /// (seed 001: `next_cursor` is "null when the export is complete").
+    End,
+    /// `has_more` is true but there is no cursor to go on with. Taking that as the end
+    /// would move `since` past the pages not read; the run starts again instead.
+    Stranded,
+}
+
 impl Page<'_> {
-    /// The run is over when the API says so or gives no way to go on.
-    fn ends_run(&self) -> bool {
-        self.has_more == Some(false) || self.next_cursor.as_deref().is_none_or(str::is_empty)
+    fn next(&self) -> Next {
+        match (self.has_more, self.next_cursor.as_deref().filter(|c| !c.is_empty())) {
+            (Some(false), _) => Next::End,
+            (_, Some(cursor)) => Next::Cursor(cursor.to_string()),
+            (Some(true), None) => Next::Stranded,
+            (None, None) => Next::End,
+        }
+    }
+
+    /// A body that is JSON but says nothing a page says (`{}`, `{"status": "busy"}`): an
+    /// answer from something in front of the API, not the end of the run.
+    fn says_nothing(&self) -> bool {
+        self.data.is_none() && self.has_more.is_none() && self.next_cursor.is_none() && self.meta.is_none()
     }
 }
 
@@ -102,7 +125,7 @@ impl DialectConfig for ExportApiSourceConfig {
 
     fn open(&self, _local: &LocalState) -> Result<Box<dyn Dialect>, SourceError> {
         let endpoint = url::Url::parse(&self.identity()).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
-        Ok(Box::new(ExportApi { cfg: self.clone(), endpoint, read: Position::at(timestamp::epoch()), covers_start: false }))
+        Ok(Box::new(ExportApi { cfg: self.clone(), endpoint, read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0 }))
     }
 
     fn position_since(&self, since: DateTime<Utc>) -> serde_json::Value {
@@ -117,7 +140,27 @@ struct ExportApi {
     /// The current run was started by this process: its cutoff, the API's clock at its
     /// first request, comes after every change committed before the source started.
     covers_start: bool,
+    /// Times the run under way started again (a refused cursor, a page with no way on)
+    /// since a run last ended: each waits twice as long as the one before, so an API
+    /// that refuses every cursor is asked again at a falling rate, not in a loop that
+    /// republishes its first page.
+    restarts: u32,
 }
+
+impl ExportApi {
+    /// Starts the run again from its since: duplicates, never loss.
+    fn restart(&mut self, status: u16, detail: String) -> SourceError {
+        tracing::warn!(status, detail = %detail, since = %self.read.since, restarts = self.restarts, "restarting the export run from its since");
+        self.read.cursor = None;
+        self.read.cutoff = None;
+        let retry_after = std::time::Duration::from_secs(1 << self.restarts.min(8)).min(MAX_RESTART_WAIT);
+        self.restarts = self.restarts.saturating_add(1);
+        SourceError::CursorRefused { status, detail, retry_after }
+    }
+}
+
+/// The longest wait before a run starts again.
+const MAX_RESTART_WAIT: std::time::Duration = std::time::Duration::from_secs(300);
 
 impl Dialect for ExportApi {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
@@ -140,12 +183,8 @@ impl Dialect for ExportApi {
 
     fn refused(&mut self, status: StatusCode, detail: String, _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         if self.read.cursor.is_some() {
-            // The cursor was refused (expired, signed by a key that rotated away...):
-            // start the run again from its since. Duplicates, never loss.
-            tracing::warn!(status = status.as_u16(), detail = %detail, since = %self.read.since, "the API refused the cursor; restarting the run from its since");
-            self.read.cursor = None;
-            self.read.cutoff = None;
-            return Err(SourceError::CursorRefused { status: status.as_u16(), detail });
+            // The cursor was refused (expired, signed by a key that rotated away...).
+            return Err(self.restart(status.as_u16(), format!("the API refused the cursor: {detail}")));
         }
         Err(http::http_error(Some(status.as_u16()), format!("the API refused since={} ({status}): {detail}", self.read.since), false))
     }
@@ -153,7 +192,19 @@ impl Dialect for ExportApi {
     fn page(&mut self, body: &[u8], _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         let continuing = self.read.cursor.is_some();
         let page: Page = serde_json::from_slice(body).map_err(http::malformed)?;
-        let ends_run = page.ends_run();
+        if page.says_nothing() {
+            return Err(http::malformed("no data, has_more, next_cursor or meta"));
+        }
+        // The cursor to go on with; `None` at the end of the run.
+        let next = match page.next() {
+            Next::Stranded => return Err(self.restart(200, "the page says has_more but gives no next_cursor".into())),
+            Next::Cursor(c) if self.read.cursor.as_deref() == Some(c.as_str()) => {
+                return Err(self.restart(200, "the page gives the cursor it was asked with as next_cursor".into()))
+            }
+            Next::Cursor(c) => Some(c),
+            Next::End => None,
+        };
+        let ends_run = next.is_none();
         let data = page.data.unwrap_or_default();
         let cutoff = match (continuing, page.meta.and_then(|m| m.cutoff)) {
             (true, _) => self.read.cutoff.clone().unwrap_or_else(|| self.read.since.clone()),
@@ -175,10 +226,12 @@ impl Dialect for ExportApi {
         } else {
             records.iter().filter(|r| !matches!(r.body, RecordBody::Bad { .. })).map(|r| r.updated_at).max()
         };
-        self.read = if ends_run {
-            Position { v: Position::VERSION, since: cutoff, cutoff: None, cursor: None }
-        } else {
-            Position { v: Position::VERSION, since: self.read.since.clone(), cutoff: Some(cutoff), cursor: page.next_cursor }
+        self.read = match next {
+            Some(cursor) => Position { v: Position::VERSION, since: self.read.since.clone(), cutoff: Some(cutoff), cursor: Some(cursor) },
+            None => {
+                self.restarts = 0;
+                Position { v: Position::VERSION, since: cutoff, cutoff: None, cursor: None }
+            }
         };
         Ok(Batch {
             records,
@@ -271,13 +324,44 @@ mod tests {
     }
 
     #[test]
-    fn a_run_ends_when_the_page_says_so_or_cannot_go_on() {
-        let page = |s: &str| serde_json::from_str::<Page>(s).unwrap().ends_run();
-        assert!(page(r#"{"data": [], "next_cursor": null, "has_more": false}"#));
-        assert!(page(r#"{"data": null}"#));
-        assert!(page(r#"{"data": [], "next_cursor": "", "has_more": true}"#));
-        assert!(page(r#"{"data": [], "next_cursor": "c", "has_more": false}"#));
-        assert!(!page(r#"{"data": [], "next_cursor": "c", "has_more": true}"#));
-        assert!(!page(r#"{"data": [], "next_cursor": "c"}"#));
+    fn a_run_ends_when_the_page_says_so_and_starts_again_when_it_cannot_go_on() {
+        let next = |s: &str| serde_json::from_str::<Page>(s).unwrap().next();
+        assert_eq!(next(r#"{"data": [], "next_cursor": null, "has_more": false}"#), Next::End);
+        assert_eq!(next(r#"{"data": null}"#), Next::End);
+        assert_eq!(next(r#"{"data": [], "next_cursor": "c", "has_more": false}"#), Next::End);
+        assert_eq!(next(r#"{"data": [], "next_cursor": "", "has_more": true}"#), Next::Stranded);
+        assert_eq!(next(r#"{"data": [], "has_more": true}"#), Next::Stranded);
+        assert_eq!(next(r#"{"data": [], "next_cursor": "c", "has_more": true}"#), Next::Cursor("c".into()));
+        assert_eq!(next(r#"{"data": [], "next_cursor": "c"}"#), Next::Cursor("c".into()));
+    }
+
+    /// Pages that would have ended the run past pages not read: each starts the run again
+    /// from its since, waiting longer each time, and a run that ends resets the waits.
+    #[test]
+    fn a_page_with_no_way_on_starts_the_run_again_never_moves_since() {
+        let cfg: ExportApiSourceConfig = serde_json::from_value(serde_json::json!({"base_url": "http://api.example", "token": "t"})).unwrap();
+        let mut api = ExportApi { cfg, endpoint: url::Url::parse("http://api.example/sales-orders/export").unwrap(), read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0 };
+        let first = br#"{"data": [{"order_id": 1, "updated_at": "2024-01-01T00:00:00Z"}], "next_cursor": "c1", "has_more": true, "meta": {"cutoff": "2024-02-01T00:00:00Z"}}"#;
+        let mut waits = Vec::new();
+        for broken in [&br#"{"data": [], "has_more": true}"#[..], br#"{}"#, br#"{"message": "cursor expired"}"#, br#"{"data": [], "next_cursor": "c1", "has_more": true}"#] {
+            api.read = Position::at(timestamp::epoch());
+            api.page(first, None).unwrap();
+            assert_eq!(api.read.cursor.as_deref(), Some("c1"));
+            match api.page(broken, None) {
+                Err(SourceError::CursorRefused { retry_after, .. }) => waits.push(retry_after.as_secs()),
+                Err(e @ SourceError::Http { retriable: true, .. }) => {
+                    // `{}` and the like: retried as they are, the cursor kept.
+                    assert_eq!(api.read.cursor.as_deref(), Some("c1"), "{e}");
+                    continue;
+                }
+                other => panic!("{} was taken as {:?}", String::from_utf8_lossy(broken), other.map(|b| b.ends_run)),
+            }
+            assert_eq!((api.read.since.as_str(), api.read.cursor.as_deref()), ("1970-01-01T00:00:00Z", None), "back to the run's since");
+        }
+        assert_eq!(waits, [1, 2]);
+        api.page(first, None).unwrap();
+        let last = br#"{"data": [], "next_cursor": null, "has_more": false}"#;
+        assert!(api.page(last, None).unwrap().ends_run);
+        assert_eq!((api.read.since.as_str(), api.restarts), ("2024-02-01T00:00:00Z", 0));
     }
 }

@@ -75,10 +75,11 @@ pub enum SourceError {
     Position(String),
     #[error("{message}")]
     Http { status: Option<u16>, message: String, retriable: bool, retry_after: Option<std::time::Duration> },
-    /// The API refused a continuation cursor (expired, signed by a rotated key): the run
-    /// starts again from its since.
-    #[error("cursor refused ({status}): {detail}")]
-    CursorRefused { status: u16, detail: String },
+    /// The API refused a continuation cursor (expired, signed by a rotated key), or gave
+    /// none where it said there is more: the run starts again from its since, after
+    /// `retry_after`.
+    #[error("{detail} ({status}); the run starts again from its since")]
+    CursorRefused { status: u16, detail: String, retry_after: std::time::Duration },
     /// The API refused the credential held by `source.<key>`.
     #[error("{detail}: check source.{key}")]
     Unauthorized { key: &'static str, detail: String },
@@ -122,6 +123,7 @@ impl SourceError {
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Self::Http { retry_after, .. } => *retry_after,
+            Self::CursorRefused { retry_after, .. } => Some(*retry_after),
             _ => None,
         }
     }
