@@ -22,6 +22,11 @@
 //!   the server lists ties. Then `from` moves to the next second.
 //! * A page that holds the whole window ends the run; the next run starts at the newest
 //!   second published, so a write that committed late into it is still found.
+//! * The sort is `updated_at,order_number` (the seed sorts "by one or more fields"): a
+//!   server that pages ties with LIMIT/OFFSET may otherwise list them in another order on
+//!   every page (PostgreSQL's top-N sort does), so that some are on no page, pass after
+//!   pass. A server that refuses the second field (a 400 or 422 that names the sort) is
+//!   read by `updated_at` alone, with the sweep's counts as the only defence.
 //!
 //! The position is `{from, seen}`: the second to read from, as the API writes times, and
 //! the hashes published at it. A crash resumes there; a sweep starts its pass again.
@@ -47,6 +52,9 @@ pub const MAX_PER_PAGE: u32 = 250;
 const INCLUDES: [&str; 3] = ["items", "shipments", "status_history"];
 /// Parameters the walk sets itself: a filter may not override them.
 const WALK_PARAMETERS: [&str; 9] = ["filter_on", "date_from", "date_to", "updated_since", "sort", "page", "per_page", "include", "api_key"];
+/// The sort the walk asks for, and the one it falls back to when that is refused.
+const SORT: &str = "updated_at,order_number";
+const SORT_ALONE: &str = "updated_at";
 /// Passes over one second that brought nothing new, after which it counts as read even
 /// when the server's `total` promised more than its pages hold.
 const QUIET_PASSES: u32 = 3;
@@ -106,7 +114,7 @@ impl DialectConfig for OrdersApiSourceConfig {
         let zone = Tz::from_str(&self.timezone).map_err(|_| SourceError::Setup("source.timezone is not an IANA time zone".into()))?;
         let settle = TimeDelta::from_std(self.settle).map_err(|_| SourceError::Setup("source.settle is too long".into()))?;
         let from = local_second(DateTime::UNIX_EPOCH, zone);
-        Ok(Box::new(OrdersApi { cfg: self.clone(), endpoint, zone, settle, from, seen: HashSet::new(), run: None, started: None, left: None }))
+        Ok(Box::new(OrdersApi { cfg: self.clone(), endpoint, zone, settle, from, seen: HashSet::new(), run: None, started: None, left: None, tie_break: true }))
     }
 
     fn position_since(&self, since: DateTime<Utc>) -> serde_json::Value {
@@ -137,6 +145,8 @@ struct OrdersApi {
     /// Orders of the window not yet listed, by the `total` of its last page (a sweep's
     /// total counts one second only, so it leaves this as it was).
     left: Option<u64>,
+    /// Ties are sorted by `order_number` until the API refuses it.
+    tie_break: bool,
 }
 
 struct Run {
@@ -367,7 +377,7 @@ impl Dialect for OrdersApi {
             if let Some(to) = to {
                 q.append_pair("date_to", &Self::format(to));
             }
-            q.append_pair("sort", "updated_at").append_pair("page", &page.to_string()).append_pair("per_page", &per_page);
+            q.append_pair("sort", if self.tie_break { SORT } else { SORT_ALONE }).append_pair("page", &page.to_string()).append_pair("per_page", &per_page);
             if !self.cfg.include.is_empty() {
                 q.append_pair("include", &self.cfg.include.join(","));
             }
@@ -379,6 +389,12 @@ impl Dialect for OrdersApi {
     }
 
     fn refused(&mut self, status: StatusCode, detail: String, _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
+        let about_sort = || ["sort", "order_number"].iter().any(|w| detail.to_ascii_lowercase().contains(w));
+        if self.tie_break && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && about_sort() {
+            tracing::warn!(status = status.as_u16(), detail = %detail, "the API refused a request sorted by {SORT}; sorting by {SORT_ALONE} alone from here on");
+            self.tie_break = false;
+            return Err(http::http_error(Some(status.as_u16()), format!("the API refused sort={SORT} ({status}); asking again with sort={SORT_ALONE}"), true));
+        }
         // The API's own words: `{"error": {"type", "message"}}` says which parameter.
         let message = serde_json::from_str::<serde_json::Value>(&detail)
             .ok()
@@ -650,7 +666,7 @@ mod tests {
         let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
         assert_eq!(
             q(&*d),
-            "filter_on=updated_at&date_from=2025-01-01+10%3A00%3A00&sort=updated_at&page=1&per_page=50&include=items%2Cshipments%2Cstatus_history&status=confirmed%2Cshipped"
+            "filter_on=updated_at&date_from=2025-01-01+10%3A00%3A00&sort=updated_at%2Corder_number&page=1&per_page=50&include=items%2Cshipments%2Cstatus_history&status=confirmed%2Cshipped"
         );
         // A full page: the window's end is the server's Date minus settle, in its zone.
         let full: Vec<(u64, u32, &str)> = (1..=50).map(|i| (i, 1, "2025-01-01 10:00:05")).collect();
@@ -668,7 +684,13 @@ mod tests {
         assert!(e.to_string().contains("Date header") && !e.is_retriable(), "{e}");
         let e = d.page(&page_of(&[(1, 1, "2025-01-01 10:00:05"), (2, 1, "2025-01-01 10:00:00")], 2), at("2025-01-02T00:00:00Z")).unwrap_err();
         assert!(e.to_string().contains("did not sort by updated_at"), "{e}");
-        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error": {"type": "invalid_parameter", "message": "per_page must be at most 100"}}"#.into(), None).unwrap_err();
+        // A refusal of the tie-breaking sort: asked again without it.
+        assert!(d.request().query().unwrap().contains("sort=updated_at%2Corder_number"));
+        let sort_refused = r#"{"error": {"type": "invalid_parameter", "message": "sort: only one field"}}"#;
+        assert!(d.refused(StatusCode::BAD_REQUEST, sort_refused.into(), None).unwrap_err().is_retriable());
+        assert!(d.request().query().unwrap().contains("sort=updated_at&"));
+        let refusal = r#"{"error": {"type": "invalid_parameter", "message": "per_page must be at most 100"}}"#;
+        let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, refusal.into(), None).unwrap_err();
         assert!(e.to_string().contains("per_page must be at most 100") && e.to_string().contains("per_page=10") && !e.is_retriable(), "{e}");
     }
 
