@@ -45,7 +45,10 @@ impl<'a> Runs<'a> {
                     Err(e) if e.is_retriable() => {
                         self.metrics.error(e.kind());
                         self.metrics.source_retry(&e.retry_reason());
-                        let delay = e.retry_after().unwrap_or_else(|| self.backoff.next_delay());
+                        // What the source asks for is a floor: a server that keeps asking
+                        // for a second (a 503 in maintenance) still meets a growing backoff.
+                        let backoff = self.backoff.next_delay();
+                        let delay = e.retry_after().map_or(backoff, |asked| asked.max(backoff));
                         tracing::warn!(error = %e, retry_in = ?delay, "source request failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => continue,

@@ -77,10 +77,17 @@ impl Page<'_> {
         }
     }
 
-    /// A body that is JSON but says nothing a page says (`{}`, `{"status": "busy"}`): an
-    /// answer from something in front of the API, not the end of the run.
-    fn says_nothing(&self) -> bool {
-        self.data.is_none() && self.has_more.is_none() && self.next_cursor.is_none() && self.meta.is_none()
+    /// A body that is JSON but has none of a page's members, not even as null (`{}`,
+    /// `{"status": "busy"}`): an answer from something in front of the API, not the end
+    /// of the run. Read again for the names only when every member came out empty, so
+    /// never for a page with orders.
+    fn says_nothing(&self, body: &[u8]) -> bool {
+        const MEMBERS: [&str; 4] = ["data", "next_cursor", "has_more", "meta"];
+        self.data.is_none()
+            && self.has_more.is_none()
+            && self.next_cursor.is_none()
+            && self.meta.is_none()
+            && !serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(body).is_ok_and(|m| MEMBERS.iter().any(|k| m.contains_key(*k)))
     }
 }
 
@@ -153,7 +160,7 @@ impl ExportApi {
         tracing::warn!(status, detail = %detail, since = %self.read.since, restarts = self.restarts, "restarting the export run from its since");
         self.read.cursor = None;
         self.read.cutoff = None;
-        let retry_after = std::time::Duration::from_secs(1 << self.restarts.min(8)).min(MAX_RESTART_WAIT);
+        let retry_after = std::time::Duration::from_secs(1 << self.restarts.min(9)).min(MAX_RESTART_WAIT);
         self.restarts = self.restarts.saturating_add(1);
         SourceError::CursorRefused { status, detail, retry_after }
     }
@@ -192,7 +199,7 @@ impl Dialect for ExportApi {
     fn page(&mut self, body: &[u8], _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         let continuing = self.read.cursor.is_some();
         let page: Page = serde_json::from_slice(body).map_err(http::malformed)?;
-        if page.says_nothing() {
+        if page.says_nothing(body) {
             return Err(http::malformed("no data, has_more, next_cursor or meta"));
         }
         // The cursor to go on with; `None` at the end of the run.
@@ -359,9 +366,15 @@ mod tests {
             assert_eq!((api.read.since.as_str(), api.read.cursor.as_deref()), ("1970-01-01T00:00:00Z", None), "back to the run's since");
         }
         assert_eq!(waits, [1, 2]);
-        api.page(first, None).unwrap();
-        let last = br#"{"data": [], "next_cursor": null, "has_more": false}"#;
-        assert!(api.page(last, None).unwrap().ends_run);
-        assert_eq!((api.read.since.as_str(), api.restarts), ("2024-02-01T00:00:00Z", 0));
+        // Last pages as implementations write them end the run, members null or absent.
+        for last in [&br#"{"data": [], "next_cursor": null, "has_more": false}"#[..], br#"{"data": null, "next_cursor": null}"#, br#"{"data": null}"#, br#"{"next_cursor": null}"#] {
+            api.read = Position::at(timestamp::epoch());
+            api.page(first, None).unwrap();
+            assert!(api.page(last, None).unwrap().ends_run, "{}", String::from_utf8_lossy(last));
+            assert_eq!((api.read.since.as_str(), api.restarts), ("2024-02-01T00:00:00Z", 0));
+        }
+        // The waits double up to five minutes.
+        api.restarts = 20;
+        assert!(matches!(api.restart(200, String::new()), SourceError::CursorRefused { retry_after, .. } if retry_after == MAX_RESTART_WAIT));
     }
 }

@@ -119,7 +119,7 @@ impl SourceError {
         }
     }
 
-    /// How long the source asked us to wait (HTTP 429 `Retry-After`).
+    /// The least the source asked us to wait (`Retry-After`, a run's restart).
     pub fn retry_after(&self) -> Option<std::time::Duration> {
         match self {
             Self::Http { retry_after, .. } => *retry_after,

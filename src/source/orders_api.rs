@@ -389,17 +389,16 @@ impl Dialect for OrdersApi {
     }
 
     fn refused(&mut self, status: StatusCode, detail: String, _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
-        let about_sort = || ["sort", "order_number"].iter().any(|w| detail.to_ascii_lowercase().contains(w));
-        if self.tie_break && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && about_sort() {
-            tracing::warn!(status = status.as_u16(), detail = %detail, "the API refused a request sorted by {SORT}; sorting by {SORT_ALONE} alone from here on");
-            self.tie_break = false;
-            return Err(http::http_error(Some(status.as_u16()), format!("the API refused sort={SORT} ({status}); asking again with sort={SORT_ALONE}"), true));
-        }
         // The API's own words: `{"error": {"type", "message"}}` says which parameter.
         let message = serde_json::from_str::<serde_json::Value>(&detail)
             .ok()
             .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
             .unwrap_or(detail);
+        if self.tie_break && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && message.to_ascii_lowercase().contains("sort") {
+            tracing::warn!(status = status.as_u16(), %message, "the API refused a request sorted by {SORT}; sorting by {SORT_ALONE} alone from here on");
+            self.tie_break = false;
+            return Err(http::http_error(Some(status.as_u16()), format!("the API refused sort={SORT} ({status}); asking again with sort={SORT_ALONE}"), true));
+        }
         let query = self.request().query().unwrap_or_default().to_string();
         Err(http::http_error(Some(status.as_u16()), format!("the API refused the request ({status}): {message} [parameters: {query}]"), false))
     }

@@ -190,6 +190,8 @@ struct Run {
     quiet_passes: u32,
     /// The pass was one page that held the whole listing.
     snapshot: bool,
+    /// The store refused a page of the pass before it had listed as many as were counted.
+    cut: bool,
     /// Hashes published in this run (and at `R` before it).
     published: HashSet<u64>,
     /// The newest revision published, and the hashes seen at it.
@@ -447,6 +449,7 @@ impl WebstoreApi {
                 new_member: false,
                 quiet_passes: 0,
                 snapshot: false,
+                cut: false,
                 published: self.seen.clone(),
                 newest: None,
             });
@@ -463,8 +466,8 @@ impl WebstoreApi {
             Step::Count => {
                 run.after.1 = count(body)?;
                 if run.paged {
-                    run.quiet_passes = if run.new_member || run.pass == 1 { 0 } else { run.quiet_passes + 1 };
-                    if run.snapshot || run.still() || run.quiet_passes >= QUIET_PASSES {
+                    run.quiet_passes = if run.new_member || run.pass == 1 || run.cut { 0 } else { run.quiet_passes + 1 };
+                    if !run.cut && (run.snapshot || run.still() || run.quiet_passes >= QUIET_PASSES) {
                         return Ok(self.end_run(true));
                     }
                     if run.pass >= MAX_PASSES {
@@ -479,6 +482,7 @@ impl WebstoreApi {
                     run.widest = 0;
                     run.listed.clear();
                     run.repeated = false;
+                    run.cut = false;
                 }
                 run.before = run.after;
                 run.step = Step::Page(0);
@@ -657,14 +661,24 @@ impl Dialect for WebstoreApi {
         if matches!(status, StatusCode::NOT_FOUND | StatusCode::GONE) && self.target() == Target::Reconcile(ListingStep::Confirm) {
             return self.reconcile_page(ListingStep::Confirm, None, server_date);
         }
-        let past_the_first_page = matches!(self.target(), Target::Change(Step::Page(1..)) | Target::Reconcile(ListingStep::Page(1..)));
-        if past_the_first_page && (status == StatusCode::NOT_FOUND || (matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && detail.to_ascii_lowercase().contains("page"))) {
-            // A page past the last, refused as web frameworks do ("Invalid page.", 404):
-            // the listing is over. A pass it cut short is caught by the counts after it.
-            return self.page(b"[]", server_date);
+        // A page past the last, refused as web frameworks do ("Invalid page.", 404): the
+        // listing is over, as after an empty page. Short of the count it may be the end too
+        // (an order deleted since the count), or a store that caps how deep it pages: so
+        // the pass is marked cut, and a cut pass neither counts as quiet nor lets the run
+        // move its boundary.
+        let says_page = status == StatusCode::NOT_FOUND || (matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && detail.to_ascii_lowercase().contains("page"));
+        match self.target() {
+            Target::Change(Step::Page(1..)) if says_page => {
+                let run = self.run.as_mut().expect("a run is open");
+                run.cut = run.rows < run.before.1;
+                return self.page(b"[]", server_date);
+            }
+            // Every order the listing missed is asked for by itself before it counts as deleted.
+            Target::Reconcile(ListingStep::Page(1..)) if says_page => return self.page(b"[]", server_date),
+            _ => {}
         }
         let query = self.request().query().unwrap_or_default().to_string();
-        if status.is_client_error() && query.contains("endDate=") {
+        if matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && query.contains("endDate=") {
             // `endDate` only keeps new orders off the pages; a store that refuses it is
             // read without it, from the start of the run.
             tracing::warn!(status = status.as_u16(), detail = %detail, "the API refused endDate; reading without it");
@@ -987,6 +1001,31 @@ mod tests {
         assert_eq!(d.request().as_str(), "http://store.test/acme/api/v2/sales/orders.json?size=40&page=0&since=1749999999");
         let e = d.refused(StatusCode::UNPROCESSABLE_ENTITY, r#"{"error":"size"}"#.into(), date).unwrap_err();
         assert!(!e.is_retriable() && e.to_string().contains("size=40"), "{e}");
+    }
+
+    /// A 404 for the page after a full last one ends the pass; short of the count the
+    /// pass was cut, and another is made rather than the boundary moved.
+    #[test]
+    fn a_page_past_the_last_refused_ends_the_pass_and_a_pass_cut_short_is_made_again() {
+        for (counted, ends) in [("20", true), ("50", false)] {
+            let mut d = config(20, false).open(&LocalState::none()).unwrap();
+            d.restore(None, DateTime::from_timestamp(START, 0).unwrap()).unwrap();
+            let date = DateTime::from_timestamp(START + 100, 0);
+            for answer in ["3", "0", counted] {
+                d.page(answer.as_bytes(), date).unwrap();
+            }
+            let full: Vec<String> = (1..=20).map(|id| doc(id, Order { created: id, date: START, rev: START + 1, version: 1 })).collect();
+            assert_eq!(d.page(format!("[{}]", full.join(",")).as_bytes(), date).unwrap().records.len(), 20);
+            assert!(d.request().as_str().contains("page=1"), "{}", d.request());
+            d.refused(StatusCode::NOT_FOUND, r#"{"detail": "Invalid page."}"#.into(), date).unwrap();
+            assert!(d.request().path().ends_with("/count.json"), "the pass is over: {}", d.request());
+            // The counts after the pass are as before it: the run ends only if the pass
+            // listed the count; a pass the store cut makes another pass.
+            for answer in ["0", counted] {
+                d.page(answer.as_bytes(), date).unwrap();
+            }
+            assert_eq!(d.request().path().ends_with("/count.json"), ends, "{}", d.request());
+        }
     }
 
     #[test]
