@@ -17,7 +17,8 @@
 //! * Offset pages move under a reader, so a pass may skip an order. A pass is trusted
 //!   when nothing can have moved: it was one page shorter than `size` (one reply, one
 //!   moment), or both counts (`since=R-1`, `since=T`) were the same before and after it,
-//!   no order was listed twice, and it listed as many orders as were counted. Otherwise
+//!   no order was listed twice, and it listed as many orders as were counted (in all
+//!   and past `T`). Otherwise
 //!   the run makes more passes, and ends after three in a row that found no member of
 //!   `S` the earlier passes had missed: a skipped order is missed again only if another
 //!   move hits it again at a page boundary.
@@ -182,6 +183,8 @@ struct Run {
     /// The uuids this pass listed (hashed), and whether one came twice.
     listed: HashSet<u64>,
     repeated: bool,
+    /// Of them, those with a revision past `T`.
+    newer: u64,
     /// Members of `S` listed, by uuid hash, with the last pass that listed them; whether
     /// this pass found one the earlier passes had not.
     members: HashMap<u64, u32>,
@@ -200,10 +203,13 @@ struct Run {
 
 impl Run {
     /// Whether nothing moved during the pass: both counts the same before and after it,
-    /// no order listed twice, and as many listed as counted. Moves that cancel out in both
-    /// counts and in what was listed would go unseen; one alone would not.
+    /// no order listed twice, as many listed as counted, and as many listed past `T` as
+    /// counted there. The last catches a pair of moves the others miss: an order past `T`
+    /// already read is deleted (a row slides back onto a page read, unseen) while an old
+    /// order is written, joining the unread pages past `T`; every count stays as it was.
+    /// Moves that cancel out in all of these would still go unseen; one alone would not.
     fn still(&self) -> bool {
-        self.before == self.after && !self.repeated && self.listed.len() as u64 == self.before.1
+        self.before == self.after && !self.repeated && self.listed.len() as u64 == self.before.1 && self.newer == self.before.0
     }
 
     /// Members of `S` not listed yet: `S` counts as `since=R-1` less `since=T`, as counted
@@ -445,6 +451,7 @@ impl WebstoreApi {
                 widest: 0,
                 listed: HashSet::new(),
                 repeated: false,
+                newer: 0,
                 members: HashMap::new(),
                 new_member: false,
                 quiet_passes: 0,
@@ -482,6 +489,7 @@ impl WebstoreApi {
                     run.widest = 0;
                     run.listed.clear();
                     run.repeated = false;
+                    run.newer = 0;
                     run.cut = false;
                 }
                 run.before = run.after;
@@ -491,7 +499,9 @@ impl WebstoreApi {
                 let raws = orders(body)?;
                 let rows = raws.len() as u64;
                 for l in raws.iter().map(|raw| listed(raw)) {
-                    run.repeated |= !run.listed.insert(l.uuid);
+                    let first = run.listed.insert(l.uuid);
+                    run.repeated |= !first;
+                    run.newer += u64::from(first && l.revision.is_some_and(|r| r > run.t));
                     let Some(r) = l.revision else {
                         if run.published.insert(l.content) {
                             records.push(l.record);
