@@ -193,7 +193,10 @@ impl Dialect for ExportApi {
             // The cursor was refused (expired, signed by a key that rotated away...).
             return Err(self.restart(status.as_u16(), format!("the API refused the cursor: {detail}")));
         }
-        Err(http::http_error(Some(status.as_u16()), format!("the API refused since={} ({status}): {detail}", self.read.since), false))
+        // A first request carries since and limit: a server with a smaller maximum page
+        // refuses the limit, so both are named.
+        let message = format!("the API refused since={}&limit={} ({status}): {detail} (check the pipeline's initial_since and source.limit)", self.read.since, self.cfg.limit);
+        Err(http::http_error(Some(status.as_u16()), message, false))
     }
 
     fn page(&mut self, body: &[u8], _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
@@ -213,7 +216,8 @@ impl Dialect for ExportApi {
         };
         let ends_run = next.is_none();
         let data = page.data.unwrap_or_default();
-        let cutoff = match (continuing, page.meta.and_then(|m| m.cutoff)) {
+        // An empty cutoff is none: sent back as `since=`, it would be refused a run later.
+        let cutoff = match (continuing, page.meta.and_then(|m| m.cutoff).filter(|c| !c.trim().is_empty())) {
             (true, _) => self.read.cutoff.clone().unwrap_or_else(|| self.read.since.clone()),
             (false, Some(cutoff)) => cutoff,
             // Nothing changed and no cutoff given: the next run starts where this one did.
@@ -373,6 +377,13 @@ mod tests {
             assert!(api.page(last, None).unwrap().ends_run, "{}", String::from_utf8_lossy(last));
             assert_eq!((api.read.since.as_str(), api.restarts), ("2024-02-01T00:00:00Z", 0));
         }
+        // A first page whose cutoff is empty has none: the next run could not start safely.
+        api.read = Position::at(timestamp::epoch());
+        let e = api.page(br#"{"data": [], "next_cursor": "c1", "has_more": true, "meta": {"cutoff": ""}}"#, None).unwrap_err();
+        assert!(e.to_string().contains("no meta.cutoff") && !e.is_retriable(), "{e}");
+        // A refused first request names both of its parameters.
+        let e = api.refused(StatusCode::UNPROCESSABLE_ENTITY, "limit must be at most 500".into(), None).unwrap_err();
+        assert!(e.to_string().contains("limit=1000") && e.to_string().contains("source.limit") && !e.is_retriable(), "{e}");
         // The waits double up to five minutes.
         api.restarts = 20;
         assert!(matches!(api.restart(200, String::new()), SourceError::CursorRefused { retry_after, .. } if retry_after == MAX_RESTART_WAIT));

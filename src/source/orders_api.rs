@@ -430,8 +430,9 @@ impl Dialect for OrdersApi {
             self.sweep_page(listed, total, per_page)?
         } else {
             // Counted by the total when there is one, since a server may hand out fewer
-            // rows per page than asked.
-            let holds_all = total.map_or(rows < per_page, |t| rows >= t);
+            // rows per page than asked; but an empty page holds the whole window whatever
+            // the total says (one counted without the date filter would sweep forever).
+            let holds_all = rows == 0 || total.map_or(rows < per_page, |t| rows >= t);
             self.left = total.map(|t| t.saturating_sub(rows));
             self.window_page(listed, holds_all)
         };
@@ -653,6 +654,17 @@ mod tests {
         let last = d.page(&page_of(&[(4, 1, "2025-01-01 10:00:03"), (5, 1, "2025-01-01 10:00:04")], 2), date).unwrap();
         assert!(last.ends_run);
         assert_eq!(d.backlog(), None, "between runs");
+    }
+
+    /// A total counted without the date filter promises orders the window does not hold:
+    /// an empty page still ends the run, rather than sweeping a second that lists nothing.
+    #[test]
+    fn an_empty_window_ends_the_run_whatever_the_total_says() {
+        let mut d = config(2).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let date = at("2025-01-01T11:00:00Z");
+        let batch = d.page(&page_of(&[], 380), date).unwrap();
+        assert!(batch.ends_run && batch.records.is_empty());
     }
 
     #[test]
