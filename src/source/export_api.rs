@@ -208,8 +208,11 @@ impl Dialect for ExportApi {
         // The cursor to go on with; `None` at the end of the run.
         let next = match page.next() {
             Next::Stranded => return Err(self.restart(200, "the page says has_more but gives no next_cursor".into())),
-            Next::Cursor(c) if self.read.cursor.as_deref() == Some(c.as_str()) => {
-                return Err(self.restart(200, "the page gives the cursor it was asked with as next_cursor".into()))
+            // An empty page that hands back the cursor it was asked with would be asked
+            // for again forever. (With orders on it, the same cursor may be a server that
+            // keeps the position itself, as a scroll id does.)
+            Next::Cursor(c) if self.read.cursor.as_deref() == Some(c.as_str()) && page.data.as_ref().is_none_or(Vec::is_empty) => {
+                return Err(self.restart(200, "an empty page gives the cursor it was asked with as next_cursor".into()))
             }
             Next::Cursor(c) => Some(c),
             Next::End => None,
