@@ -41,17 +41,24 @@ impl Position {
 }
 
 /// A page as implementations of the API write it: `data` may be missing or null on an
-/// empty page, and `has_more` missing (a null `next_cursor` then ends the run).
+/// empty page, and `has_more` missing (a `next_cursor` that is null then ends the run).
+/// The two that say how the run goes on are told apart as absent (`None`) and null
+/// (`Some(None)`).
 #[derive(Deserialize)]
 struct Page<'a> {
     #[serde(borrow, default)]
     data: Option<Vec<&'a RawValue>>,
-    #[serde(default)]
-    next_cursor: Option<String>,
-    #[serde(default)]
-    has_more: Option<bool>,
+    #[serde(default, deserialize_with = "present")]
+    next_cursor: Option<Option<String>>,
+    #[serde(default, deserialize_with = "present")]
+    has_more: Option<Option<bool>>,
     #[serde(default)]
     meta: Option<Meta>,
+}
+
+/// A member that is there, null or not (an absent one is `None` by `default`).
+fn present<'de, D: serde::Deserializer<'de>, T: Deserialize<'de>>(d: D) -> Result<Option<Option<T>>, D::Error> {
+    Option::<T>::deserialize(d).map(Some)
 }
 
 /// What a page says of the run.
@@ -59,35 +66,27 @@ struct Page<'a> {
 enum Next {
     /// Go on with this cursor.
     Cursor(String),
-    /// The run is over: `has_more` is false, or there is no cursor and no `has_more`
-    /// (seed 001: `next_cursor` is "null when the export is complete").
+    /// The run is over: `has_more` is false, or `next_cursor` is null and `has_more` is
+    /// not true (seed 001: `next_cursor` is "null when the export is complete").
     End,
     /// `has_more` is true but there is no cursor to go on with. Taking that as the end
     /// would move `since` past the pages not read; the run starts again instead.
     Stranded,
+    /// Neither member is there (`{}`, `{"status": "busy", "data": null}`): an answer from
+    /// something in front of the API, not the end of the run.
+    Unsaid,
 }
 
 impl Page<'_> {
     fn next(&self) -> Next {
-        match (self.has_more, self.next_cursor.as_deref().filter(|c| !c.is_empty())) {
+        let cursor = self.next_cursor.as_ref().and_then(|c| c.as_deref()).filter(|c| !c.is_empty());
+        match (self.has_more.flatten(), cursor) {
             (Some(false), _) => Next::End,
             (_, Some(cursor)) => Next::Cursor(cursor.to_string()),
             (Some(true), None) => Next::Stranded,
-            (None, None) => Next::End,
+            (None, None) if self.next_cursor.is_some() || self.has_more.is_some() => Next::End,
+            (None, None) => Next::Unsaid,
         }
-    }
-
-    /// A body that is JSON but has none of a page's members, not even as null (`{}`,
-    /// `{"status": "busy"}`): an answer from something in front of the API, not the end
-    /// of the run. Read again for the names only when every member came out empty, so
-    /// never for a page with orders.
-    fn says_nothing(&self, body: &[u8]) -> bool {
-        const MEMBERS: [&str; 4] = ["data", "next_cursor", "has_more", "meta"];
-        self.data.is_none()
-            && self.has_more.is_none()
-            && self.next_cursor.is_none()
-            && self.meta.is_none()
-            && !serde_json::from_slice::<std::collections::HashMap<String, serde::de::IgnoredAny>>(body).is_ok_and(|m| MEMBERS.iter().any(|k| m.contains_key(*k)))
     }
 }
 
@@ -202,11 +201,9 @@ impl Dialect for ExportApi {
     fn page(&mut self, body: &[u8], _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         let continuing = self.read.cursor.is_some();
         let page: Page = serde_json::from_slice(body).map_err(http::malformed)?;
-        if page.says_nothing(body) {
-            return Err(http::malformed("no data, has_more, next_cursor or meta"));
-        }
         // The cursor to go on with; `None` at the end of the run.
         let next = match page.next() {
+            Next::Unsaid => return Err(http::malformed("neither has_more nor next_cursor")),
             Next::Stranded => return Err(self.restart(200, "the page says has_more but gives no next_cursor".into())),
             // An empty page that hands back the cursor it was asked with would be asked
             // for again forever. (With orders on it, the same cursor may be a server that
@@ -341,7 +338,10 @@ mod tests {
     fn a_run_ends_when_the_page_says_so_and_starts_again_when_it_cannot_go_on() {
         let next = |s: &str| serde_json::from_str::<Page>(s).unwrap().next();
         assert_eq!(next(r#"{"data": [], "next_cursor": null, "has_more": false}"#), Next::End);
-        assert_eq!(next(r#"{"data": null}"#), Next::End);
+        assert_eq!(next(r#"{"data": null, "next_cursor": null}"#), Next::End);
+        assert_eq!(next(r#"{"data": null, "has_more": null, "next_cursor": null}"#), Next::End);
+        assert_eq!(next(r#"{"data": null}"#), Next::Unsaid);
+        assert_eq!(next(r#"{"status": "busy", "meta": {}}"#), Next::Unsaid);
         assert_eq!(next(r#"{"data": [], "next_cursor": "c", "has_more": false}"#), Next::End);
         assert_eq!(next(r#"{"data": [], "next_cursor": "", "has_more": true}"#), Next::Stranded);
         assert_eq!(next(r#"{"data": [], "has_more": true}"#), Next::Stranded);
@@ -357,7 +357,7 @@ mod tests {
         let mut api = ExportApi { cfg, endpoint: url::Url::parse("http://api.example/sales-orders/export").unwrap(), read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0 };
         let first = br#"{"data": [{"order_id": 1, "updated_at": "2024-01-01T00:00:00Z"}], "next_cursor": "c1", "has_more": true, "meta": {"cutoff": "2024-02-01T00:00:00Z"}}"#;
         let mut waits = Vec::new();
-        for broken in [&br#"{"data": [], "has_more": true}"#[..], br#"{}"#, br#"{"message": "cursor expired"}"#, br#"{"data": [], "next_cursor": "c1", "has_more": true}"#] {
+        for broken in [&br#"{"data": [], "has_more": true}"#[..], br#"{}"#, br#"{"message": "cursor expired"}"#, br#"{"status": "busy", "data": null}"#, br#"{"data": [], "next_cursor": "c1", "has_more": true}"#] {
             api.read = Position::at(timestamp::epoch());
             api.page(first, None).unwrap();
             assert_eq!(api.read.cursor.as_deref(), Some("c1"));
@@ -374,7 +374,7 @@ mod tests {
         }
         assert_eq!(waits, [1, 2]);
         // Last pages as implementations write them end the run, members null or absent.
-        for last in [&br#"{"data": [], "next_cursor": null, "has_more": false}"#[..], br#"{"data": null, "next_cursor": null}"#, br#"{"data": null}"#, br#"{"next_cursor": null}"#] {
+        for last in [&br#"{"data": [], "next_cursor": null, "has_more": false}"#[..], br#"{"data": null, "next_cursor": null}"#, br#"{"next_cursor": null}"#, br#"{"has_more": false}"#] {
             api.read = Position::at(timestamp::epoch());
             api.page(first, None).unwrap();
             assert!(api.page(last, None).unwrap().ends_run, "{}", String::from_utf8_lossy(last));

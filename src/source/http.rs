@@ -341,18 +341,14 @@ fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
     Some(wait.clamp(RETRY_AFTER_BOUNDS.0, RETRY_AFTER_BOUNDS.1))
 }
 
-/// Redirects are followed within the origin of the request only (or to https on the same
-/// host): the credential is
+/// Redirects are followed within the origin of the request only: the credential is
 /// a header (`X-API-Key`, the operator's own) that reqwest would carry to any host, since it
 /// strips only `Authorization` and cookies on the way. A redirect elsewhere comes back as
 /// the 3xx, which stops the pipeline naming the new origin.
 fn same_origin_redirects(attempt: reqwest::redirect::Attempt) -> reqwest::redirect::Action {
-    // An upgrade from http to https on the same host is followed too: it only protects
-    // what the first request already sent in the clear.
-    let same = attempt.previous().last().is_some_and(|from| {
-        let to = attempt.url();
-        from.origin() == to.origin() || (from.scheme() == "http" && to.scheme() == "https" && from.host() == to.host())
-    });
+    // Not even from http to https on the same host: reqwest drops `Authorization` when the
+    // port changes, and the 401 that follows would blame the token, not the URL.
+    let same = attempt.previous().last().is_some_and(|from| from.origin() == attempt.url().origin());
     if attempt.previous().len() > 10 {
         attempt.error("more than 10 redirects")
     } else if same {
@@ -384,15 +380,16 @@ fn without_url(e: &reqwest::Error) -> String {
 
 /// An error body as it may be quoted: its start on one line, the secrets cut out of the
 /// whole body first (a secret cut in two by the excerpt would no longer match). The body
-/// is quoted as sent unless it is JSON that, written out again, shows a secret the
-/// server escaped (`\/`, `\u0041`); then it is quoted as written out again.
+/// is quoted as sent unless, with those cut out, it is JSON that written out again still
+/// shows a secret the server escaped (`\/`, `\u0041`); then it is quoted as written out
+/// again, with those cut out too.
 fn detail(body: &[u8], secrets: &[String]) -> String {
-    let raw = String::from_utf8_lossy(body).into_owned();
-    let unescaped = serde_json::from_slice::<serde_json::Value>(body)
-        .ok()
-        .map(|json| json.to_string())
-        .filter(|text| secrets.iter().any(|s| text.contains(s.as_str()) && !raw.contains(s.as_str())));
-    let text = secrets.iter().fold(unescaped.unwrap_or(raw), |text, s| text.replace(s.as_str(), "***"));
+    let redact = |text: String| secrets.iter().fold(text, |text, s| text.replace(s.as_str(), "***"));
+    let raw = redact(String::from_utf8_lossy(body).into_owned());
+    let text = match serde_json::from_str::<serde_json::Value>(&raw).map(|json| json.to_string()) {
+        Ok(again) if secrets.iter().any(|s| again.contains(s.as_str())) => redact(again),
+        _ => raw,
+    };
     let line = text.split_whitespace().collect::<Vec<_>>().join(" ");
     line.chars().take(300).collect()
 }
@@ -475,6 +472,9 @@ mod tests {
         let long = format!("{} k3y/w1th\\\"quote and more", "x".repeat(290));
         let quoted = detail(long.as_bytes(), &secrets);
         assert!(!quoted.contains("k3y") && quoted.ends_with(" *** and m"), "{quoted}");
+        // The secret as sent and escaped in one body: both are cut out.
+        let both = detail(br#"{"m": "bad key k3y/w1th\\\"quote", "echo": "k3y\/w1th\\\"quote"}"#, &secrets);
+        assert!(!both.contains("k3y"), "{both}");
         // A body without an escaped secret is quoted as sent, its members in their order.
         assert_eq!(detail(br#"{"z": 1, "a": "k3y/w1th\\\"quote"}"#, &secrets), r#"{"z": 1, "a": "***"}"#);
     }

@@ -390,11 +390,12 @@ impl Dialect for OrdersApi {
 
     fn refused(&mut self, status: StatusCode, detail: String, _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         // The API's own words: `{"error": {"type", "message"}}` says which parameter.
-        let message = serde_json::from_str::<serde_json::Value>(&detail)
-            .ok()
-            .and_then(|v| v.pointer("/error/message").and_then(|m| m.as_str()).map(str::to_string))
-            .unwrap_or(detail);
-        if self.tie_break && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && message.to_ascii_lowercase().contains("sort") {
+        let error = serde_json::from_str::<serde_json::Value>(&detail).ok();
+        let field = |name: &str| error.as_ref().and_then(|v| v.pointer(&format!("/error/{name}"))).and_then(|m| m.as_str()).map(str::to_string);
+        let error_type = field("type");
+        let message = field("message").unwrap_or(detail);
+        let names_sort = [Some(&message), error_type.as_ref()].into_iter().flatten().any(|text| text.to_ascii_lowercase().contains("sort"));
+        if self.tie_break && matches!(status, StatusCode::BAD_REQUEST | StatusCode::UNPROCESSABLE_ENTITY) && names_sort {
             tracing::warn!(status = status.as_u16(), %message, "the API refused a request sorted by {SORT}; sorting by {SORT_ALONE} alone from here on");
             self.tie_break = false;
             return Err(http::http_error(Some(status.as_u16()), format!("the API refused sort={SORT} ({status}); asking again with sort={SORT_ALONE}"), true));
@@ -697,7 +698,7 @@ mod tests {
         assert!(e.to_string().contains("did not sort by updated_at"), "{e}");
         // A refusal of the tie-breaking sort: asked again without it.
         assert!(d.request().query().unwrap().contains("sort=updated_at%2Corder_number"));
-        let sort_refused = r#"{"error": {"type": "invalid_parameter", "message": "sort: only one field"}}"#;
+        let sort_refused = r#"{"error": {"type": "invalid_sort", "message": "Invalid value."}}"#;
         assert!(d.refused(StatusCode::BAD_REQUEST, sort_refused.into(), None).unwrap_err().is_retriable());
         assert!(d.request().query().unwrap().contains("sort=updated_at&"));
         let refusal = r#"{"error": {"type": "invalid_parameter", "message": "per_page must be at most 100"}}"#;
