@@ -258,7 +258,7 @@ impl HttpSource {
         let Reply { status, headers, body } = reply;
         let secrets = &self.transport.secrets;
         let detail = |body: Result<Vec<u8>, SourceError>| body.map(|b| detail(&b, secrets)).unwrap_or_default();
-        let server_date = headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| DateTime::parse_from_rfc2822(v).ok()).map(|d| d.with_timezone(&Utc));
+        let server_date = server_date(&headers);
         match status {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -268,8 +268,7 @@ impl HttpSource {
                 });
             }
             s if s == StatusCode::TOO_MANY_REQUESTS || s.is_server_error() || s == StatusCode::REQUEST_TIMEOUT => {
-                // A date in `Retry-After` is the server's clock: read it against the server's `Date`.
-                let retry_after = retry_after(&headers, server_date.unwrap_or_else(Utc::now));
+                let retry_after = retry_after(&headers, Utc::now());
                 let message = if s == StatusCode::TOO_MANY_REQUESTS { "rate limited (429)".to_string() } else { format!("the API answered {s}") };
                 return Err(SourceError::Http { status: Some(s.as_u16()), message, retriable: true, retry_after });
             }
@@ -330,9 +329,16 @@ pub fn malformed(what: impl std::fmt::Display) -> SourceError {
 /// the pipeline, while asking again after it costs one request.
 const RETRY_AFTER_BOUNDS: (Duration, Duration) = (Duration::from_secs(1), Duration::from_secs(300));
 
-/// `Retry-After` in seconds or as an HTTP date, which is counted from `now`, the server's
-/// clock when it sent one; within `RETRY_AFTER_BOUNDS`.
-fn retry_after(headers: &HeaderMap, now: DateTime<Utc>) -> Option<Duration> {
+/// The server's clock when it answered: its `Date`.
+fn server_date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
+    headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| DateTime::parse_from_rfc2822(v).ok()).map(|d| d.with_timezone(&Utc))
+}
+
+/// `Retry-After` in seconds or as an HTTP date, within `RETRY_AFTER_BOUNDS`. A date is the
+/// server's clock, so it is counted from the reply's `Date`; from `ours` only when there is
+/// none (ours may be minutes off).
+fn retry_after(headers: &HeaderMap, ours: DateTime<Utc>) -> Option<Duration> {
+    let now = server_date(headers).unwrap_or(ours);
     let value = headers.get(RETRY_AFTER)?.to_str().ok()?.trim();
     let wait = match value.parse::<u64>() {
         Ok(seconds) => Duration::from_secs(seconds),
@@ -458,6 +464,19 @@ mod tests {
         // A day ahead (a clock a day off, or a quota) is asked again after five minutes.
         assert_eq!(wait("Thu, 22 Oct 2015 07:28:00 GMT"), Some(Duration::from_secs(300)));
         assert_eq!(wait("86400"), Some(Duration::from_secs(300)));
+    }
+
+    #[test]
+    fn a_retry_after_date_is_counted_from_the_servers_clock() {
+        // The server's clock is two minutes ahead of ours: it asks for 3 s by its clock.
+        let ours = DateTime::parse_from_rfc3339("2015-10-21T07:26:00Z").unwrap().with_timezone(&Utc);
+        let mut h = HeaderMap::new();
+        h.insert(DATE, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:00 GMT"));
+        h.insert(RETRY_AFTER, HeaderValue::from_static("Wed, 21 Oct 2015 07:28:03 GMT"));
+        assert_eq!(retry_after(&h, ours), Some(Duration::from_secs(3)), "not 123 s by ours");
+        // Two minutes behind: 3 s by its clock, not a date already past by ours.
+        let ours = DateTime::parse_from_rfc3339("2015-10-21T07:30:00Z").unwrap().with_timezone(&Utc);
+        assert_eq!(retry_after(&h, ours), Some(Duration::from_secs(3)));
     }
 
     #[test]
