@@ -47,8 +47,7 @@ impl<'a> Runs<'a> {
                         self.metrics.source_retry(&e.retry_reason());
                         // What the source asks for is a floor: a server that keeps asking
                         // for a second (a 503 in maintenance) still meets a growing backoff.
-                        let backoff = self.backoff.next_delay();
-                        let delay = e.retry_after().map_or(backoff, |asked| asked.max(backoff));
+                        let delay = e.retry_after().unwrap_or_default().max(self.backoff.next_delay());
                         tracing::warn!(error = %e, retry_in = ?delay, "source request failed; retrying");
                         tokio::select! {
                             _ = tokio::time::sleep(delay) => continue,
