@@ -229,7 +229,9 @@ pub struct PipelineConfig {
     #[serde(default = "default_progress_interval", deserialize_with = "humantime_serde::deserialize", serialize_with = "humantime_serde::serialize")]
     #[schemars(with = "Period")]
     pub progress_interval: Duration,
-    /// `at_least_once`: batches published and not yet committed (the prefetch depth).
+    /// Batches published and not yet acknowledged, which bounds the documents held in
+    /// memory: under `at_least_once` not yet committed either (the prefetch depth), under
+    /// `exactly_once` within each transaction.
     #[serde(default = "default_max_in_flight_batches")]
     pub max_in_flight_batches: usize,
     /// `exactly_once`: batches per Kafka transaction; a transaction is committed sooner at

@@ -8,8 +8,12 @@
 //!
 //! A producer has one transaction at a time, so nothing can be sent while a commit is in
 //! flight; what can overlap it is everything before sending: the next batch is fetched
-//! (and the pause between runs waited) while the last transaction commits.
+//! (and the pause between runs waited) while the last transaction commits. Within a
+//! transaction, as under `at_least_once`, at most `max_in_flight_batches` batches are
+//! unacknowledged: a transaction of 16 batches sent without waiting could hold 16
+//! batches of documents in librdkafka's queue at once.
 
+use std::collections::VecDeque;
 use std::time::Instant;
 
 use chrono::{DateTime, Utc};
@@ -70,8 +74,8 @@ async fn transact<S: Source, K: TransactionalSink>(
             }
         };
         last = Some((batch.ends_run, batch.covers_start));
-        let ends_run = txn.send(batch, sink).await?;
-        if ends_run || txn.acks.len() >= runs.settings.batches_per_transaction {
+        let ends_run = txn.send(batch, sink, target, runs.settings.max_in_flight_batches).await?;
+        if ends_run || txn.batches >= runs.settings.batches_per_transaction {
             closed = filling.take();
         }
     }
@@ -93,7 +97,11 @@ async fn commit<K: TransactionalSink>(txn: Option<Transaction>, sink: &K, target
 /// An open transaction's batches.
 struct Transaction {
     sent_at: Instant,
-    acks: Vec<Acknowledgement>,
+    batches: usize,
+    /// The acknowledgements not yet awaited, oldest first, and what the awaited ones
+    /// delivered.
+    acks: VecDeque<Acknowledgement>,
+    delivered: Delivered,
     /// The position after its last batch: the checkpoint it commits.
     position: serde_json::Value,
     watermark: Option<DateTime<Utc>>,
@@ -103,13 +111,19 @@ struct Transaction {
 impl Transaction {
     /// An empty transaction; its first batch sets the position.
     fn new(target: CommitContext<'_>) -> Self {
-        Self { sent_at: Instant::now(), acks: Vec::new(), position: serde_json::Value::Null, watermark: None, in_flight: InFlight::new(&target.metrics.in_flight) }
+        Self { sent_at: Instant::now(), batches: 0, acks: VecDeque::new(), delivered: Delivered::default(), position: serde_json::Value::Null, watermark: None, in_flight: InFlight::new(&target.metrics.in_flight) }
     }
 
-    /// Sends a batch in the transaction; true when the batch ends a run, which commits it.
-    async fn send<K: TransactionalSink>(&mut self, batch: Batch, sink: &K) -> Result<bool, PipelineError> {
+    /// Sends a batch in the transaction, once fewer than `max_in_flight` of its batches
+    /// are unacknowledged; true when the batch ends a run, which commits it.
+    async fn send<K: TransactionalSink>(&mut self, batch: Batch, sink: &K, target: CommitContext<'_>, max_in_flight: usize) -> Result<bool, PipelineError> {
+        while self.acks.len() >= max_in_flight {
+            let oldest = self.acks.pop_front().expect("max_in_flight_batches is at least 1");
+            self.delivered += target.acknowledged(oldest).await?;
+        }
         self.in_flight.add(batch.records.len());
-        self.acks.push(sink.send(&batch.records).await?);
+        self.acks.push_back(sink.send(&batch.records).await?);
+        self.batches += 1;
         self.position = batch.position;
         self.watermark = batch.watermark.or(self.watermark);
         Ok(batch.ends_run)
@@ -118,9 +132,9 @@ impl Transaction {
     /// Adds the checkpoint at once (its record travels with the last batches rather than
     /// after their acknowledgements), awaits every acknowledgement, then commits.
     async fn commit<K: TransactionalSink>(mut self, sink: &K, target: CommitContext<'_>) -> Result<(), PipelineError> {
-        let batches = self.acks.len() as u64;
+        let batches = self.batches as u64;
         let checkpoint = sink.seal(&target.checkpoint(std::mem::take(&mut self.position))).await?;
-        let mut delivered = Delivered::default();
+        let mut delivered = std::mem::take(&mut self.delivered);
         for ack in std::mem::take(&mut self.acks) {
             delivered += target.acknowledged(ack).await?;
         }

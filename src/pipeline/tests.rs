@@ -5,7 +5,8 @@
 //! acknowledges each batch after its own random delay, whether or not anyone is waiting,
 //! so acknowledgements arrive out of order. Every commit checks the ack-before-commit rule
 //! as it happens; every attempt starts with the in-flight gauge at 0, no transaction open
-//! and no fatal producer; a pipeline that stops cleanly has committed all it sent; and
+//! and no fatal producer; the batches sent and not yet acknowledged (their documents
+//! held in the producer's queue) stay within `max_in_flight_batches`; a pipeline that stops cleanly has committed all it sent; and
 //! after a fault-free restart every record is delivered (at least once, or exactly once
 //! in committed transactions).
 
@@ -85,6 +86,10 @@ struct World {
     rebuilds: usize,
     aborts: usize,
     in_flight: IntGauge,
+    /// Batches sent whose acknowledgement is not yet awaited to the end (nor dropped),
+    /// and the most there were at once.
+    unacknowledged: usize,
+    most_unacknowledged: usize,
     violations: Vec<String>,
 }
 
@@ -155,6 +160,16 @@ impl Source for FakeSource {
     }
 }
 
+/// A batch's acknowledgement not yet awaited to the end: counted until it is, or until
+/// the pipeline drops it.
+struct Unacknowledged(Shared);
+
+impl Drop for Unacknowledged {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().unacknowledged -= 1;
+    }
+}
+
 struct FakeSink {
     world: Shared,
     transactional: bool,
@@ -187,6 +202,8 @@ impl Sink for FakeSink {
             if let Some(&last) = indices.last() {
                 w.sent_through = last + 1;
             }
+            w.unacknowledged += 1;
+            w.most_unacknowledged = w.most_unacknowledged.max(w.unacknowledged);
             (Duration::from_millis(w.rng.random_range(0..50)), fail_at)
         };
         // The broker answers on its own time, whether or not anyone awaits it yet.
@@ -206,7 +223,11 @@ impl Sink for FakeSink {
                 None => Ok(Delivered { events: delivered.len() as u64, dead_lettered: 0 }),
             });
         });
-        Ok(Box::pin(async move { rx.await.unwrap_or(Err(SinkError::Canceled)) }))
+        let pending = Unacknowledged(self.world.clone());
+        Ok(Box::pin(async move {
+            let _pending = pending;
+            rx.await.unwrap_or(Err(SinkError::Canceled))
+        }))
     }
 
     fn needs_rebuild(&self, failure: Option<&SinkError>) -> Option<String> {
@@ -360,6 +381,8 @@ fn world(case: &Case, metrics: &PipelineMetrics) -> Shared {
         rebuilds: 0,
         aborts: 0,
         in_flight: metrics.in_flight.clone(),
+        unacknowledged: 0,
+        most_unacknowledged: 0,
         violations: Vec::new(),
     }))
 }
@@ -440,6 +463,13 @@ fn check(case: &Case) -> Result<(), TestCaseError> {
     let world = play(case);
     prop_assert!(world.violations.is_empty(), "{:?}", world.violations);
     prop_assert_eq!(world.in_flight.get(), 0, "the in-flight gauge drifted");
+    // Under at_least_once the channel holds max_in_flight_batches; the committer awaits
+    // one more and the feed holds one it cannot hand over yet.
+    let bound = match case.delivery {
+        Delivery::AtLeastOnce => case.in_flight + 2,
+        Delivery::ExactlyOnce => case.in_flight,
+    };
+    prop_assert!(world.most_unacknowledged <= bound, "{} batches unacknowledged at once", world.most_unacknowledged);
     prop_assert_eq!(world.checkpoint.as_ref().map(position_of), Some(case.records), "the recovery run ends at the last record");
     match case.delivery {
         Delivery::AtLeastOnce => {
