@@ -322,9 +322,7 @@ impl OrdersApi {
         let rows = listed.len() as u64;
         sweep.rows += rows;
         sweep.listed.extend(listed.iter().map(|l| l.hash));
-        // Past the last page; counted by the total when there is one, since a server may
-        // hand out fewer rows per page than asked.
-        let pass_over = rows == 0 || total.map_or(rows < per_page, |t| sweep.rows >= t);
+        let pass_over = holds_the_rest(rows, per_page, total.map(|t| (sweep.rows, t)));
         let before = self.seen.len();
         let records = self.take_new(listed);
         sweep.new_in_pass |= self.seen.len() > before;
@@ -352,6 +350,16 @@ impl OrdersApi {
         self.seen.clear();
         Ok((records, self.from > run.to))
     }
+}
+
+/// Whether a page of `rows` is the last of its listing. An empty page is, whatever the
+/// total says (one counted without the date filter would be swept forever). A full page
+/// never is, whatever the total says (one counted short, with other joins or from a
+/// cache, would leave the pages after it unread). A short page is, once the orders listed
+/// so far reach the total when there is one: a server may hand out fewer rows per page
+/// than asked without saying so.
+fn holds_the_rest(rows: u64, per_page: u64, listed_and_total: Option<(u64, u64)>) -> bool {
+    rows == 0 || (rows < per_page && listed_and_total.is_none_or(|(listed, total)| listed >= total))
 }
 
 impl Dialect for OrdersApi {
@@ -430,10 +438,7 @@ impl Dialect for OrdersApi {
         let (records, ends_run) = if run.sweep.is_some() {
             self.sweep_page(listed, total, per_page)?
         } else {
-            // Counted by the total when there is one, since a server may hand out fewer
-            // rows per page than asked; but an empty page holds the whole window whatever
-            // the total says (one counted without the date filter would sweep forever).
-            let holds_all = rows == 0 || total.map_or(rows < per_page, |t| rows >= t);
+            let holds_all = holds_the_rest(rows, per_page, total.map(|t| (rows, t)));
             self.left = total.map(|t| t.saturating_sub(rows));
             self.window_page(listed, holds_all)
         };
@@ -652,7 +657,7 @@ mod tests {
         // Page 1 again, from the newest second published: order 2 again, and order 3.
         d.page(&page_of(&[(2, 1, "2025-01-01 10:00:01"), (3, 1, "2025-01-01 10:00:02")], 4), date).unwrap();
         assert_eq!(d.backlog(), Some(2));
-        let last = d.page(&page_of(&[(4, 1, "2025-01-01 10:00:03"), (5, 1, "2025-01-01 10:00:04")], 2), date).unwrap();
+        let last = d.page(&page_of(&[(4, 1, "2025-01-01 10:00:03")], 1), date).unwrap();
         assert!(last.ends_run);
         assert_eq!(d.backlog(), None, "between runs");
     }
@@ -666,6 +671,27 @@ mod tests {
         let date = at("2025-01-01T11:00:00Z");
         let batch = d.page(&page_of(&[], 380), date).unwrap();
         assert!(batch.ends_run && batch.records.is_empty());
+    }
+
+    /// A total counted short (an inner join that drops some orders) must not end a listing
+    /// at a full page: a second holding more than a page was taken as held by its first
+    /// page, run after run, and the orders past that page were never read.
+    #[test]
+    fn a_full_page_is_never_the_last_whatever_the_total_says() {
+        let mut d = config(2).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let (date, s) = (at("2025-01-01T11:00:00Z"), "2025-01-01 10:00:00");
+        let first = d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
+        assert!(!first.ends_run, "a full page with a total of 1 ends nothing");
+        // Page 1 from that second lists the same two: the second is swept page by page.
+        let again = d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
+        assert!(again.records.is_empty() && !again.ends_run);
+        let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
+        assert!(q(&*d).contains("date_from=2025-01-01+10%3A00%3A00&date_to=2025-01-01+10%3A00%3A00") && q(&*d).contains("page=1&"), "{}", q(&*d));
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
+        assert!(q(&*d).contains("page=2&"), "{}", q(&*d));
+        let rest = d.page(&page_of(&[(3, 1, s)], 1), date).unwrap();
+        assert_eq!(keys(&rest), ["3"], "the order past the first page");
     }
 
     #[test]
