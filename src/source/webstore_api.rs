@@ -177,29 +177,36 @@ struct Run {
     /// `count.json?since=T` and `since=R-1` before this pass, and after it.
     before: (u64, u64),
     after: (u64, u64),
-    /// Rows this pass listed, and its widest page.
+    /// What this pass has listed so far.
+    this: Pass,
+    /// Members of `S` listed, by uuid hash, with the last pass that listed them.
+    members: HashMap<u64, u32>,
+    /// Passes in a row after the first that found no new member.
+    quiet_passes: u32,
+    /// Hashes published in this run (and at `R` before it).
+    published: HashSet<u64>,
+    /// The newest revision published, and the hashes seen at it.
+    newest: Option<(i64, HashSet<u64>)>,
+}
+
+/// What one pass of a run listed; each pass starts from `Pass::default()`.
+#[derive(Default)]
+struct Pass {
+    /// Rows listed, and the widest page.
     rows: u64,
     widest: u64,
-    /// The uuids this pass listed (hashed), and whether one came twice.
+    /// The uuids listed (hashed), and whether one came twice.
     listed: HashSet<u64>,
     repeated: bool,
     /// Of them, those with a revision past `T`.
     newer: u64,
-    /// Members of `S` listed, by uuid hash, with the last pass that listed them; whether
-    /// this pass found one the earlier passes had not.
-    members: HashMap<u64, u32>,
+    /// A member of `S` the earlier passes had not listed was found.
     new_member: bool,
-    /// Passes in a row after the first that found no new member.
-    quiet_passes: u32,
     /// The pass was one page that held the whole listing.
     snapshot: bool,
     /// The pass ended on an empty page (or one refused) past the first before it had
     /// listed as many as were counted.
     cut: bool,
-    /// Hashes published in this run (and at `R` before it).
-    published: HashSet<u64>,
-    /// The newest revision published, and the hashes seen at it.
-    newest: Option<(i64, HashSet<u64>)>,
 }
 
 impl Run {
@@ -210,7 +217,8 @@ impl Run {
     /// order is written, joining the unread pages past `T`; every count stays as it was.
     /// Moves that cancel out in all of these would still go unseen; one alone would not.
     fn still(&self) -> bool {
-        self.before == self.after && !self.repeated && self.listed.len() as u64 == self.before.1 && self.newer == self.before.0
+        let this = &self.this;
+        self.before == self.after && !this.repeated && this.listed.len() as u64 == self.before.1 && this.newer == self.before.0
     }
 
     /// Members of `S` not listed yet: `S` counts as `since=R-1` less `since=T`, as counted
@@ -448,16 +456,9 @@ impl WebstoreApi {
                 paged: false,
                 before: (0, 0),
                 after: (0, 0),
-                rows: 0,
-                widest: 0,
-                listed: HashSet::new(),
-                repeated: false,
-                newer: 0,
+                this: Pass::default(),
                 members: HashMap::new(),
-                new_member: false,
                 quiet_passes: 0,
-                snapshot: false,
-                cut: false,
                 published: self.seen.clone(),
                 newest: None,
             });
@@ -474,8 +475,8 @@ impl WebstoreApi {
             Step::Count => {
                 run.after.1 = count(body)?;
                 if run.paged {
-                    run.quiet_passes = if run.new_member || run.pass == 1 || run.cut { 0 } else { run.quiet_passes + 1 };
-                    if !run.cut && (run.snapshot || run.still() || run.quiet_passes >= QUIET_PASSES) {
+                    run.quiet_passes = if run.this.new_member || run.pass == 1 || run.this.cut { 0 } else { run.quiet_passes + 1 };
+                    if !run.this.cut && (run.this.snapshot || run.still() || run.quiet_passes >= QUIET_PASSES) {
                         return Ok(self.end_run(true));
                     }
                     if run.pass >= MAX_PASSES {
@@ -485,13 +486,7 @@ impl WebstoreApi {
                     tracing::debug!(pass = run.pass, "orders moved during the pass; making another");
                     run.pass += 1;
                     run.paged = false;
-                    run.new_member = false;
-                    run.rows = 0;
-                    run.widest = 0;
-                    run.listed.clear();
-                    run.repeated = false;
-                    run.newer = 0;
-                    run.cut = false;
+                    run.this = Pass::default();
                 }
                 run.before = run.after;
                 run.step = Step::Page(0);
@@ -500,9 +495,9 @@ impl WebstoreApi {
                 let raws = orders(body)?;
                 let rows = raws.len() as u64;
                 for l in raws.iter().map(|raw| listed(raw)) {
-                    let first = run.listed.insert(l.uuid);
-                    run.repeated |= !first;
-                    run.newer += u64::from(first && l.revision.is_some_and(|r| r > run.t));
+                    let first = run.this.listed.insert(l.uuid);
+                    run.this.repeated |= !first;
+                    run.this.newer += u64::from(first && l.revision.is_some_and(|r| r > run.t));
                     let Some(r) = l.revision else {
                         if run.published.insert(l.content) {
                             records.push(l.record);
@@ -513,7 +508,7 @@ impl WebstoreApi {
                         continue;
                     }
                     if run.members.insert(l.uuid, run.pass).is_none() && run.pass > 1 {
-                        run.new_member = true;
+                        run.this.new_member = true;
                     }
                     match &mut run.newest {
                         Some((n, at)) if *n == r => {
@@ -526,18 +521,18 @@ impl WebstoreApi {
                         records.push(l.record);
                     }
                 }
-                run.rows += rows;
-                let over = pass_over(rows, size, run.widest, run.rows, run.before.1);
+                run.this.rows += rows;
+                let over = pass_over(rows, size, run.this.widest, run.this.rows, run.before.1);
                 // An empty page past the first, short of the count: maybe an order deleted
                 // since the count, maybe a store that caps how deep it pages. Such a pass
                 // is cut: it neither counts as quiet nor lets the run move its boundary.
-                run.cut |= rows == 0 && page > 0 && (run.listed.len() as u64) < run.before.1;
+                run.this.cut |= rows == 0 && page > 0 && (run.this.listed.len() as u64) < run.before.1;
                 // One page that held the whole listing is a snapshot of one moment: every
                 // order of `S` then was in it. Only a store that has been seen to fill pages
                 // of `size` is trusted not to have cut that page short.
                 self.fills_pages |= rows == size;
-                run.snapshot = over && page == 0 && rows < size && self.fills_pages;
-                run.widest = run.widest.max(rows);
+                run.this.snapshot = over && page == 0 && rows < size && self.fills_pages;
+                run.this.widest = run.this.widest.max(rows);
                 run.paged = over;
                 run.step = if over { Step::CountNewer } else { Step::Page(page + 1) };
             }
