@@ -9,6 +9,7 @@
 
 use chrono::{DateTime, Utc};
 use reqwest::StatusCode;
+use serde::de::IgnoredAny;
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -44,10 +45,13 @@ impl Position {
 /// empty page, and `has_more` missing (a `next_cursor` that is null then ends the run).
 /// The two that say how the run goes on are told apart as absent (`None`) and null
 /// (`Some(None)`).
+///
+/// `D` is what `data` is read as: its documents, or nothing (`IgnoredAny`) when only the
+/// way on is wanted.
 #[derive(Deserialize)]
-struct Page<'a> {
-    #[serde(borrow, default)]
-    data: Option<Vec<&'a RawValue>>,
+struct Page<D> {
+    #[serde(default = "Option::default")]
+    data: Option<D>,
     #[serde(default, deserialize_with = "present")]
     next_cursor: Option<Option<String>>,
     #[serde(default, deserialize_with = "present")]
@@ -77,7 +81,7 @@ enum Next {
     Unsaid,
 }
 
-impl Page<'_> {
+impl<D> Page<D> {
     fn next(&self) -> Next {
         let cursor = self.next_cursor.as_ref().and_then(|c| c.as_deref()).filter(|c| !c.is_empty());
         match (self.has_more.flatten(), cursor) {
@@ -163,6 +167,16 @@ impl ExportApi {
         self.restarts = self.restarts.saturating_add(1);
         SourceError::CursorRefused { status, detail, retry_after }
     }
+
+    /// The request for a page of the run: its first from since, or the one a cursor names.
+    fn request_at(&self, cursor: Option<&str>) -> url::Url {
+        let mut url = self.endpoint.clone();
+        match cursor {
+            Some(cursor) => url.query_pairs_mut().append_pair("cursor", cursor),
+            None => url.query_pairs_mut().append_pair("since", &self.read.since).append_pair("limit", &self.cfg.limit.to_string()),
+        };
+        url
+    }
 }
 
 /// The longest wait before a run starts again.
@@ -179,12 +193,16 @@ impl Dialect for ExportApi {
     /// and `limit`; a continuation sends the cursor alone (it carries the run's window and
     /// page size).
     fn request(&self) -> url::Url {
-        let mut url = self.endpoint.clone();
-        match &self.read.cursor {
-            Some(cursor) => url.query_pairs_mut().append_pair("cursor", cursor),
-            None => url.query_pairs_mut().append_pair("since", &self.read.since).append_pair("limit", &self.cfg.limit.to_string()),
-        };
-        url
+        self.request_at(self.read.cursor.as_deref())
+    }
+
+    /// The page's `next_cursor`, read with its documents skipped.
+    fn request_after(&self, body: &[u8]) -> Option<url::Url> {
+        let page: Page<IgnoredAny> = serde_json::from_slice(body).ok()?;
+        match page.next() {
+            Next::Cursor(cursor) => Some(self.request_at(Some(&cursor))),
+            _ => None,
+        }
     }
 
     fn refused(&mut self, status: StatusCode, detail: String, _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
@@ -200,7 +218,7 @@ impl Dialect for ExportApi {
 
     fn page(&mut self, body: &[u8], _server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
         let continuing = self.read.cursor.is_some();
-        let page: Page = serde_json::from_slice(body).map_err(http::malformed)?;
+        let page: Page<Vec<&RawValue>> = serde_json::from_slice(body).map_err(http::malformed)?;
         // The cursor to go on with; `None` at the end of the run.
         let next = match page.next() {
             Next::Unsaid => return Err(http::malformed("neither has_more nor next_cursor")),
@@ -336,7 +354,7 @@ mod tests {
 
     #[test]
     fn a_run_ends_when_the_page_says_so_and_starts_again_when_it_cannot_go_on() {
-        let next = |s: &str| serde_json::from_str::<Page>(s).unwrap().next();
+        let next = |s: &str| serde_json::from_str::<Page<IgnoredAny>>(s).unwrap().next();
         assert_eq!(next(r#"{"data": [], "next_cursor": null, "has_more": false}"#), Next::End);
         assert_eq!(next(r#"{"data": null, "next_cursor": null}"#), Next::End);
         assert_eq!(next(r#"{"data": null, "has_more": null, "next_cursor": null}"#), Next::End);
@@ -349,12 +367,51 @@ mod tests {
         assert_eq!(next(r#"{"data": [], "next_cursor": "c"}"#), Next::Cursor("c".into()));
     }
 
+    fn api() -> ExportApi {
+        let cfg: ExportApiSourceConfig = serde_json::from_value(serde_json::json!({"base_url": "http://api.example", "token": "t"})).unwrap();
+        ExportApi { cfg, endpoint: url::Url::parse("http://api.example/sales-orders/export").unwrap(), read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0 }
+    }
+
+    /// The request sent ahead, before a page is parsed, is the one its parse decides;
+    /// where the parse ends the run there is none, and where it starts the run again the
+    /// one sent ahead is another (and is dropped unused).
+    #[test]
+    fn the_request_sent_ahead_is_the_one_the_page_decides() {
+        let query = |u: Option<url::Url>| u.map(|u| u.query().unwrap_or_default().to_string());
+        let order = r#"{"order_id": 1, "updated_at": "2024-01-01T00:00:00Z", "next_cursor": "not this"}"#;
+        let first = format!(r#"{{"meta": {{"cutoff": "2024-02-01T00:00:00Z"}}, "data": [{order}], "has_more": true, "next_cursor": "c+1/="}}"#);
+        let mut api = api();
+        let ahead = query(api.request_after(first.as_bytes()));
+        assert_eq!(ahead.as_deref(), Some("cursor=c%2B1%2F%3D"), "the page's own next_cursor, not a document's");
+        api.page(first.as_bytes(), None).unwrap();
+        assert_eq!(ahead, query(Some(api.request())));
+        // The way on written in other forms and orders is read the same.
+        let next = r#"{"next_cursor" : "c2", "data": [], "has_more": true}"#;
+        let ahead = query(api.request_after(next.as_bytes()));
+        api.page(next.as_bytes(), None).unwrap();
+        assert_eq!((ahead.as_deref(), query(Some(api.request())).as_deref()), (Some("cursor=c2"), Some("cursor=c2")));
+        // Pages that end the run: nothing is asked ahead.
+        for last in [r#"{"data": [], "next_cursor": "c3", "has_more": false}"#, r#"{"data": [], "next_cursor": null}"#, r#"{"has_more": false}"#] {
+            assert_eq!(api.request_after(last.as_bytes()), None, "{last}");
+        }
+        // Pages with no way on, or not a page: nothing is asked ahead either.
+        for broken in [r#"{"data": [], "has_more": true}"#, r#"{}"#, r#"{"data": [{"order_id": 1"#] {
+            assert_eq!(api.request_after(broken.as_bytes()), None, "{broken}");
+        }
+        // An empty page handing back the cursor it was asked with: asked ahead, then the
+        // parse starts the run again from its since, so the request sent ahead is not used.
+        let same = r#"{"data": [], "next_cursor": "c2", "has_more": true}"#;
+        let ahead = query(api.request_after(same.as_bytes()));
+        assert!(api.page(same.as_bytes(), None).is_err());
+        assert_eq!(ahead.as_deref(), Some("cursor=c2"));
+        assert_eq!(query(Some(api.request())).as_deref(), Some("since=1970-01-01T00%3A00%3A00Z&limit=1000"));
+    }
+
     /// Pages that would have ended the run past pages not read: each starts the run again
     /// from its since, waiting longer each time, and a run that ends resets the waits.
     #[test]
     fn a_page_with_no_way_on_starts_the_run_again_never_moves_since() {
-        let cfg: ExportApiSourceConfig = serde_json::from_value(serde_json::json!({"base_url": "http://api.example", "token": "t"})).unwrap();
-        let mut api = ExportApi { cfg, endpoint: url::Url::parse("http://api.example/sales-orders/export").unwrap(), read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0 };
+        let mut api = api();
         let first = br#"{"data": [{"order_id": 1, "updated_at": "2024-01-01T00:00:00Z"}], "next_cursor": "c1", "has_more": true, "meta": {"cutoff": "2024-02-01T00:00:00Z"}}"#;
         let mut waits = Vec::new();
         for broken in [&br#"{"data": [], "has_more": true}"#[..], br#"{}"#, br#"{"message": "cursor expired"}"#, br#"{"status": "busy", "data": null}"#, br#"{"data": [], "next_cursor": "c1", "has_more": true}"#] {

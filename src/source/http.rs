@@ -43,6 +43,13 @@ pub trait Dialect: Send {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError>;
     /// The request that reads from the read position.
     fn request(&self) -> url::Url;
+    /// The request after a 200's body, when it can be read cheaply before the page is
+    /// parsed (a cursor, the documents skipped): the API then works on the next page while
+    /// we parse this one. A head start, not a decision: `page` decides the next request,
+    /// and a prefetch of another URL is dropped unused.
+    fn request_after(&self, _body: &[u8]) -> Option<url::Url> {
+        None
+    }
     /// A 200's body (and the server's clock, its `Date`): the batch, with the read
     /// position advanced past it.
     fn page(&mut self, body: &[u8], server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError>;
@@ -281,21 +288,40 @@ impl HttpSource {
             }
             s => {
                 let batch = self.dialect.refused(s, detail(body), server_date)?;
-                self.prefetch_next(&batch);
+                self.prefetch_next(&batch).await;
                 return Ok(batch);
             }
         }
-        let batch = self.dialect.page(&body?, server_date)?;
-        self.prefetch_next(&batch);
+        let body = body?;
+        if let Some(url) = self.dialect.request_after(&body) {
+            self.prefetch(url).await;
+        }
+        let batch = self.dialect.page(&body, server_date)?;
+        self.prefetch_next(&batch).await;
         Ok(batch)
     }
 
-    /// Starts the next request while this batch is published, unless the run is over.
-    fn prefetch_next(&mut self, batch: &Batch) {
-        if !batch.ends_run {
-            let url = self.dialect.request();
-            self.prefetch = Some(Prefetch { url: url.clone(), task: tokio::spawn(self.transport.clone().get(url)) });
+    /// Starts the next request while this batch is published, unless the run is over or
+    /// it is under way already (`request_after`).
+    async fn prefetch_next(&mut self, batch: &Batch) {
+        if batch.ends_run {
+            self.prefetch = None;
+            return;
         }
+        let url = self.dialect.request();
+        if self.prefetch.as_ref().is_none_or(|p| p.url != url) {
+            self.prefetch(url).await;
+        }
+    }
+
+    /// Sends `url`'s request in a task of its own, and lets it go out before this task goes
+    /// on: tokio runs a task spawned from one of its workers in that worker's LIFO slot,
+    /// which no other worker takes, so without the yield the request would wait until this
+    /// task next waits, after the page is parsed and handed to the sink (measured: the
+    /// export source then waited 1.5-2 ms more per page of 1,000 orders).
+    async fn prefetch(&mut self, url: url::Url) {
+        self.prefetch = Some(Prefetch { url: url.clone(), task: tokio::spawn(self.transport.clone().get(url)) });
+        tokio::task::yield_now().await;
     }
 }
 
@@ -504,6 +530,92 @@ mod tests {
         let e = check_url("source.url", "https://h.example/api/orders/?status=confirmed&API_KEY=s3cr3t").unwrap_err();
         assert!(e.key == "source.url" && e.reason.contains("API_KEY=") && !e.reason.contains("s3cr3t"), "{}", e.reason);
         assert!(check_url("source.url", "ftp://h.example/").is_err());
+    }
+
+    /// Page after page of nothing, asked for as `/?page=N`.
+    struct Numbered {
+        base: url::Url,
+        page: u32,
+    }
+
+    impl Dialect for Numbered {
+        fn restore(&mut self, _: Option<&serde_json::Value>, _: DateTime<Utc>) -> Result<(), SourceError> {
+            Ok(())
+        }
+        fn request(&self) -> url::Url {
+            let mut url = self.base.clone();
+            url.set_query(Some(&format!("page={}", self.page)));
+            url
+        }
+        fn page(&mut self, _: &[u8], _: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
+            self.page += 1;
+            Ok(Batch { records: Vec::new(), position: serde_json::Value::Null, ends_run: false, covers_start: false, cutoff_holdback: None, watermark: None })
+        }
+        fn refused(&mut self, status: StatusCode, detail: String, _: Option<DateTime<Utc>>) -> Result<Batch, SourceError> {
+            Err(http_error(Some(status.as_u16()), detail, false))
+        }
+    }
+
+    /// An HTTP/1.1 server on its own threads, outside the runtime under test: it answers
+    /// every request with an empty page and reports each request's target.
+    fn pages_server() -> (url::Url, std::sync::mpsc::Receiver<String>) {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let base = url::Url::parse(&format!("http://{}/", listener.local_addr().unwrap())).unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let (stream, tx) = (stream.unwrap(), tx.clone());
+                std::thread::spawn(move || {
+                    let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                    let mut writer = stream;
+                    let mut line = String::new();
+                    while reader.read_line(&mut line).unwrap_or(0) > 0 {
+                        let target = line.split_whitespace().nth(1).unwrap_or_default().to_string();
+                        // The headers, up to the blank line that ends them.
+                        while { line.clear(); reader.read_line(&mut line).unwrap_or(0) > 0 && line != "\r\n" } {}
+                        let _ = tx.send(target);
+                        let _ = writer.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\n{}");
+                        line.clear();
+                    }
+                });
+            }
+        });
+        (base, rx)
+    }
+
+    /// The next page's request is on the wire before the source hands over the page it
+    /// follows, however long this task then keeps its worker busy (parsing the page,
+    /// handing it to the sink): it does not wait in the worker's LIFO slot for this task
+    /// to wait.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn the_next_request_goes_out_before_the_page_is_handed_over() {
+        let (base, requests) = pages_server();
+        let settings = TransportSettings {
+            request_timeout: Duration::from_secs(10),
+            max_response_bytes: 1 << 20,
+            credential: Credential::Bearer { key: "token", token: Secret::new("t".to_string()) },
+        };
+        let mut source = HttpSource {
+            dialect: Box::new(Numbered { base, page: 0 }),
+            transport: Transport::new(&settings, crate::metrics::Metrics::new().pipeline("p")).unwrap(),
+            credential_key: "token",
+            endpoint: "test".into(),
+            prefetch: None,
+        };
+        // On a worker, as a pipeline runs (the test's own body runs outside them).
+        let pipeline = tokio::spawn(async move {
+            let deadline = Duration::from_secs(5);
+            source.next_batch().await.unwrap();
+            assert_eq!(requests.recv_timeout(deadline).as_deref(), Ok("/?page=0"));
+            for page in 1..4 {
+                // This blocks the worker, as a page's parse and hand-over do.
+                let next = requests.recv_timeout(deadline);
+                assert_eq!(next.as_deref(), Ok(format!("/?page={page}").as_str()), "the request after page {} was not sent", page - 1);
+                source.next_batch().await.unwrap();
+            }
+        });
+        pipeline.await.unwrap();
     }
 
     #[test]
