@@ -20,4 +20,5 @@ pub mod shutdown;
 pub mod sink;
 pub mod source;
 pub mod store;
+mod task;
 pub mod timestamp;

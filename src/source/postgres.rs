@@ -24,6 +24,7 @@ use crate::metrics::PipelineMetrics;
 use crate::store::cutoff::{self, CutoffMode, HoldLog};
 use crate::store::export::{ExportRow, ExportSql, ExportStatements};
 use crate::store::{self, document, schema, StoreError};
+use crate::task;
 
 /// The position of a Postgres pipeline, as it is checkpointed.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -478,13 +479,15 @@ impl PostgresSource {
         let rows = observe(&metrics, begun, rows)?;
         let keys: Vec<(String, DateTime<Utc>)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
         let ends_run = (keys.len() as i64) < limit;
-        let documents = (!keys.is_empty()).then(|| {
+        let documents = if keys.is_empty() {
+            None
+        } else {
             let worker = conn.documents[conn.next_document % conn.documents.len()].clone();
             conn.next_document += 1;
             let ids: Vec<String> = keys.iter().map(|(id, _)| id.clone()).collect();
             let metrics = metrics.clone();
-            tokio::spawn(async move { worker.documents(&ids, cutoff, &metrics).await })
-        });
+            Some(task::start(async move { worker.documents(&ids, cutoff, &metrics).await }).await)
+        };
         let watermark = if ends_run { Some(cutoff) } else { keys.last().map(|(_, at)| *at) };
         self.keys = match keys.last() {
             Some((id, at)) if !ends_run => Position { after: Some((*at, id.clone())), ..self.keys.clone() },
