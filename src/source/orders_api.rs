@@ -167,6 +167,9 @@ struct Sweep {
     rows: u64,
     new_in_pass: bool,
     quiet_passes: u32,
+    /// How many orders the listing from this second showed in it, for the first pass;
+    /// none for the passes after.
+    shown: u64,
 }
 
 impl Sweep {
@@ -291,13 +294,14 @@ impl OrdersApi {
         let listed: Vec<Listed> = listed.into_iter().filter(|l| l.second.is_none_or(|s| s <= to)).collect();
         let newest = listed.iter().filter_map(|l| l.second).max().filter(|n| *n > self.from);
         let at_newest: HashSet<u64> = newest.map(|n| listed.iter().filter(|l| l.second == Some(n)).map(|l| l.hash).collect()).unwrap_or_default();
+        let shown = listed.len() as u64;
         let records = self.take_new(listed);
         if let Some(newest) = newest {
             self.from = newest;
             self.seen = at_newest;
         } else if !(holds_all || past_to) {
             // A whole page at `from`: that second holds more than a page.
-            self.run.as_mut().expect("a run is open").sweep = Some(Sweep::new_pass(0));
+            self.run.as_mut().expect("a run is open").sweep = Some(Sweep { shown, ..Sweep::new_pass(0) });
         }
         (records, holds_all || past_to)
     }
@@ -307,12 +311,18 @@ impl OrdersApi {
         let from = self.from;
         let run = self.run.as_mut().expect("a run is open");
         let mut sweep = run.sweep.take().expect("sweeping");
-        if listed.is_empty() && sweep.page == 1 {
-            // Page 1 of the window just showed a full page at `from`. Either they all
+        if sweep.page == 1 && (listed.len() as u64) < sweep.shown.max(1) {
+            // The listing from `from` showed more orders in that second. Either some
             // changed since (the window page, asked again, will say so), or the server's
-            // `date_to` ends before the second it names: never take that as read.
+            // `date_to` ends before the second it names (it compares with the second's
+            // start, and keeps times finer than it writes): never take that as read.
             self.run = None;
-            return Err(http::malformed(format!("date_from=date_to={} lists no order although that second holds some", Self::format(from))));
+            return Err(http::malformed(format!(
+                "date_from=date_to={} lists {} orders where the listing from that second showed {}; if this repeats, the API's date_to ends before the second it names",
+                Self::format(from),
+                listed.len(),
+                sweep.shown
+            )));
         }
         if sweep.page == 1 {
             sweep.total = total;
@@ -692,6 +702,30 @@ mod tests {
         assert!(q(&*d).contains("page=2&"), "{}", q(&*d));
         let rest = d.page(&page_of(&[(3, 1, s)], 1), date).unwrap();
         assert_eq!(keys(&rest), ["3"], "the order past the first page");
+    }
+
+    /// A portal that keeps times finer than it writes them and compares `date_to` with the
+    /// start of the second it names lists, in a second's sweep, only the orders stamped at
+    /// its very start. The second is not taken as read: the walk does not move past it
+    /// and the error says why, until the sweep lists what the listing from it showed.
+    #[test]
+    fn a_sweep_listing_fewer_than_its_second_showed_is_not_taken_as_read() {
+        let mut d = config(2).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let (date, s) = (at("2025-01-01T11:00:00Z"), "2025-01-01 10:00:00");
+        let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
+        // Orders 1, 2 and 3 changed at 10:00:00.0, .4 and .7: the second holds more than a page.
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
+        assert!(q(&*d).contains("&date_to=2025-01-01+10%3A00%3A00"), "{}", q(&*d));
+        let cut = d.page(&page_of(&[(1, 1, s)], 1), date).unwrap_err();
+        assert!(cut.is_retriable() && cut.to_string().contains("lists 1 orders where the listing from that second showed 2"), "{cut}");
+        assert!(q(&*d).contains("date_from=2025-01-01+10%3A00%3A00&sort") && q(&*d).contains("page=1&"), "back to the listing from that second: {}", q(&*d));
+        // A sweep that lists the whole second reads it, order 3 too.
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
+        assert!(q(&*d).contains("page=2&"), "{}", q(&*d));
+        assert_eq!(keys(&d.page(&page_of(&[(3, 1, s)], 3), date).unwrap()), ["3"]);
     }
 
     #[test]
