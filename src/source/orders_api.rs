@@ -318,7 +318,7 @@ impl OrdersApi {
             // start, and keeps times finer than it writes): never take that as read.
             self.run = None;
             return Err(http::malformed(format!(
-                "date_from=date_to={} lists {} orders where the listing from that second showed {}; if this repeats, the API's date_to ends before the second it names",
+                "date_from=date_to={} lists fewer orders ({}) than the listing from that second showed in it ({}); if this repeats, the API's date_to ends before the second it names",
                 Self::format(from),
                 listed.len(),
                 sweep.shown
@@ -719,7 +719,7 @@ mod tests {
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
         assert!(q(&*d).contains("&date_to=2025-01-01+10%3A00%3A00"), "{}", q(&*d));
         let cut = d.page(&page_of(&[(1, 1, s)], 1), date).unwrap_err();
-        assert!(cut.is_retriable() && cut.to_string().contains("lists 1 orders where the listing from that second showed 2"), "{cut}");
+        assert!(cut.is_retriable() && cut.to_string().contains("lists fewer orders (1) than the listing from that second showed in it (2)"), "{cut}");
         assert!(q(&*d).contains("date_from=2025-01-01+10%3A00%3A00&sort") && q(&*d).contains("page=1&"), "back to the listing from that second: {}", q(&*d));
         // A sweep that lists the whole second reads it, order 3 too.
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
