@@ -294,7 +294,7 @@ impl OrdersApi {
         let listed: Vec<Listed> = listed.into_iter().filter(|l| l.second.is_none_or(|s| s <= to)).collect();
         let newest = listed.iter().filter_map(|l| l.second).max().filter(|n| *n > self.from);
         let at_newest: HashSet<u64> = newest.map(|n| listed.iter().filter(|l| l.second == Some(n)).map(|l| l.hash).collect()).unwrap_or_default();
-        let shown = listed.len() as u64;
+        let shown = listed.iter().filter(|l| l.second == Some(self.from)).count() as u64;
         let records = self.take_new(listed);
         if let Some(newest) = newest {
             self.from = newest;
