@@ -493,6 +493,18 @@ mod tests {
         config::Config::builder().add_source(config::File::from_str(&toml, config::FileFormat::Toml)).build().unwrap().try_deserialize().unwrap()
     }
 
+    /// A dialect with every default but `per_page`, at the start of its history.
+    fn fresh(per_page: u32) -> Box<dyn Dialect> {
+        let mut d = config(per_page).open(&LocalState::none()).unwrap();
+        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        d
+    }
+
+    /// The query of the dialect's next request.
+    fn query(d: &dyn Dialect) -> String {
+        d.request().query().unwrap().to_string()
+    }
+
     struct Portal {
         rng: StdRng,
         now: i64,
@@ -640,8 +652,7 @@ mod tests {
 
     #[test]
     fn a_second_change_within_one_second_is_published_and_a_repeat_is_not() {
-        let mut d = config(10).open(&LocalState::none()).unwrap();
-        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let mut d = fresh(10);
         let first = d.page(&page_of(&[(7, 1, "2025-01-01 10:00:00")], 1), at("2025-01-01T10:00:30Z")).unwrap();
         assert_eq!(keys(&first), ["7"]);
         assert!(first.ends_run);
@@ -658,8 +669,7 @@ mod tests {
 
     #[test]
     fn the_backlog_is_the_windows_total_less_the_page() {
-        let mut d = config(2).open(&LocalState::none()).unwrap();
-        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let mut d = fresh(2);
         assert_eq!(d.backlog(), None, "nothing counted yet");
         let date = at("2025-01-01T11:00:00Z");
         d.page(&page_of(&[(1, 1, "2025-01-01 10:00:00"), (2, 1, "2025-01-01 10:00:01")], 5), date).unwrap();
@@ -676,8 +686,7 @@ mod tests {
     /// an empty page still ends the run, rather than sweeping a second that lists nothing.
     #[test]
     fn an_empty_window_ends_the_run_whatever_the_total_says() {
-        let mut d = config(2).open(&LocalState::none()).unwrap();
-        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let mut d = fresh(2);
         let date = at("2025-01-01T11:00:00Z");
         let batch = d.page(&page_of(&[], 380), date).unwrap();
         assert!(batch.ends_run && batch.records.is_empty());
@@ -688,18 +697,16 @@ mod tests {
     /// page, run after run, and the orders past that page were never read.
     #[test]
     fn a_full_page_is_never_the_last_whatever_the_total_says() {
-        let mut d = config(2).open(&LocalState::none()).unwrap();
-        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let mut d = fresh(2);
         let (date, s) = (at("2025-01-01T11:00:00Z"), "2025-01-01 10:00:00");
         let first = d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
         assert!(!first.ends_run, "a full page with a total of 1 ends nothing");
         // Page 1 from that second lists the same two: the second is swept page by page.
         let again = d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
         assert!(again.records.is_empty() && !again.ends_run);
-        let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
-        assert!(q(&*d).contains("date_from=2025-01-01+10%3A00%3A00&date_to=2025-01-01+10%3A00%3A00") && q(&*d).contains("page=1&"), "{}", q(&*d));
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&date_to=2025-01-01+10%3A00%3A00") && query(&*d).contains("page=1&"), "{}", query(&*d));
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
-        assert!(q(&*d).contains("page=2&"), "{}", q(&*d));
+        assert!(query(&*d).contains("page=2&"), "{}", query(&*d));
         let rest = d.page(&page_of(&[(3, 1, s)], 1), date).unwrap();
         assert_eq!(keys(&rest), ["3"], "the order past the first page");
     }
@@ -710,21 +717,19 @@ mod tests {
     /// and the error says why, until the sweep lists what the listing from it showed.
     #[test]
     fn a_sweep_listing_fewer_than_its_second_showed_is_not_taken_as_read() {
-        let mut d = config(2).open(&LocalState::none()).unwrap();
-        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let mut d = fresh(2);
         let (date, s) = (at("2025-01-01T11:00:00Z"), "2025-01-01 10:00:00");
-        let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
         // Orders 1, 2 and 3 changed at 10:00:00.0, .4 and .7: the second holds more than a page.
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
-        assert!(q(&*d).contains("&date_to=2025-01-01+10%3A00%3A00"), "{}", q(&*d));
+        assert!(query(&*d).contains("&date_to=2025-01-01+10%3A00%3A00"), "{}", query(&*d));
         let cut = d.page(&page_of(&[(1, 1, s)], 1), date).unwrap_err();
         assert!(cut.is_retriable() && cut.to_string().contains("lists fewer orders (1) than the listing from that second showed in it (2)"), "{cut}");
-        assert!(q(&*d).contains("date_from=2025-01-01+10%3A00%3A00&sort") && q(&*d).contains("page=1&"), "back to the listing from that second: {}", q(&*d));
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&sort") && query(&*d).contains("page=1&"), "back to the listing from that second: {}", query(&*d));
         // A sweep that lists the whole second reads it, order 3 too.
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
-        assert!(q(&*d).contains("page=2&"), "{}", q(&*d));
+        assert!(query(&*d).contains("page=2&"), "{}", query(&*d));
         assert_eq!(keys(&d.page(&page_of(&[(3, 1, s)], 3), date).unwrap()), ["3"]);
     }
 
@@ -735,9 +740,8 @@ mod tests {
         cfg.filters.insert("status".into(), "confirmed,shipped".into());
         let mut d = cfg.open(&LocalState::none()).unwrap();
         d.restore(None, crate::timestamp::parse("2025-01-01T15:00:00Z").unwrap()).unwrap();
-        let q = |d: &dyn Dialect| d.request().query().unwrap().to_string();
         assert_eq!(
-            q(&*d),
+            query(&*d),
             "filter_on=updated_at&date_from=2025-01-01+10%3A00%3A00&sort=updated_at%2Corder_number&page=1&per_page=50&include=items%2Cshipments%2Cstatus_history&status=confirmed%2Cshipped"
         );
         // A full page: the window's end is the server's Date minus settle, in its zone.
@@ -745,13 +749,12 @@ mod tests {
         let batch = d.page(&page_of(&full, 60), at("2025-01-01T15:10:00Z")).unwrap();
         assert_eq!(batch.records.len(), 50);
         assert_eq!(batch.records[0].updated_at, crate::timestamp::parse("2025-01-01T15:00:05Z").unwrap(), "ce_time is the local time read in source.timezone");
-        assert!(q(&*d).contains("date_from=2025-01-01+10%3A00%3A05&date_to=2025-01-01+10%3A09%3A58"), "{}", q(&*d));
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A05&date_to=2025-01-01+10%3A09%3A58"), "{}", query(&*d));
     }
 
     #[test]
     fn an_unsorted_page_or_a_missing_date_is_an_error_not_a_guess() {
-        let mut d = config(10).open(&LocalState::none()).unwrap();
-        d.restore(None, DateTime::UNIX_EPOCH).unwrap();
+        let mut d = fresh(10);
         let e = d.page(&page_of(&[(1, 1, "2025-01-01 10:00:00")], 1), None).unwrap_err();
         assert!(e.to_string().contains("Date header") && !e.is_retriable(), "{e}");
         let e = d.page(&page_of(&[(1, 1, "2025-01-01 10:00:05"), (2, 1, "2025-01-01 10:00:00")], 2), at("2025-01-02T00:00:00Z")).unwrap_err();
