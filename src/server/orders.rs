@@ -72,13 +72,20 @@ fn unacceptable(param: &str, message: impl std::fmt::Display) -> ApiError {
 }
 
 /// The last non-empty value of a parameter: an empty value (`?q=`) is an unset filter.
+/// Only an empty one: a number, time or name padded with spaces (`?page=+`) is not the
+/// value the OpenAPI document allows, so it is read as given and refused.
 pub(super) fn value<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
-    pairs.iter().rev().find(|(k, v)| k == name && !v.trim().is_empty()).map(|(_, v)| v.trim())
+    pairs.iter().rev().find(|(k, v)| k == name && !v.is_empty()).map(|(_, v)| v.as_str())
+}
+
+/// Free text, where spaces around a word mean nothing and only spaces are no filter.
+fn trimmed<'a>(pairs: &'a Pairs, name: &str) -> Option<&'a str> {
+    value(pairs, name).map(str::trim).filter(|v| !v.is_empty())
 }
 
 /// Text that goes to PostgreSQL, which cannot hold NUL characters.
 pub(super) fn text<'a>(pairs: &'a Pairs, name: &str) -> Result<Option<&'a str>, ApiError> {
-    match value(pairs, name) {
+    match trimmed(pairs, name) {
         Some(v) if v.contains('\0') => Err(bad(name, "must not contain NUL characters")),
         other => Ok(other),
     }
@@ -313,7 +320,8 @@ impl Where {
 
 fn includes(pairs: &Pairs) -> Result<Vec<&'static str>, ApiError> {
     let mut include = Vec::new();
-    for name in value(pairs, "include").unwrap_or_default().split(',').map(str::trim).filter(|s| !s.is_empty()) {
+    let Some(raw) = value(pairs, "include") else { return Ok(include) };
+    for name in raw.split(',') {
         let known = INCLUDES
             .iter()
             .find(|i| **i == name)
@@ -432,7 +440,7 @@ pub fn document(schema: &str, include: &[&str]) -> String {
 fn authenticate(tokens: &Tokens, headers: &HeaderMap, pairs: &Pairs) -> Result<(), ApiError> {
     let presented = match headers.get("x-api-key") {
         Some(h) => Some(h.to_str().unwrap_or_default().trim()).filter(|k| !k.is_empty()),
-        None => value(pairs, "api_key"),
+        None => trimmed(pairs, "api_key"),
     };
     match presented {
         Some(key) if tokens.accepts(key) => Ok(()),
@@ -549,6 +557,11 @@ mod tests {
         assert_eq!(status("min_total=500&max_total=100"), 422);
         assert_eq!(status("customer_id=12a"), 400);
         assert_eq!(status("q=a%00b"), 400);
+        // Only an empty value is no value: spaces (a `+` in a form) are not a number, time or name.
+        for padded in ["page=+", "per_page=+50", "customer_id=1+", "min_total=+", "filter_on=+", "date_from=+", "updated_since=+", "include=+", "include=items,", "sort=+"] {
+            assert_eq!(status(padded), 400, "{padded}");
+        }
+        assert_eq!(status("q=+&status=+&page=&include=&sort=+created_at"), 200, "free text may be spaces");
     }
 
     #[test]
