@@ -108,6 +108,7 @@ async fn bad_requests_get_json_errors() {
         ("?since=2024-01-01&limit=1001", "invalid_parameter"),
         ("?since=2024-01-01&limit=ten", "invalid_parameter"),
         ("?since=2024-01-01&limit=+5", "invalid_parameter"),
+        ("?since=2024-01-01&limit=%2B5", "invalid_parameter"),
         ("?since=yesterday", "invalid_parameter"),
         ("?cursor=not-a-cursor", "cursor_malformed"),
     ] {

@@ -29,8 +29,8 @@ struct Page {
 
 fn parse_limit(raw: Option<&str>) -> Result<Option<i64>, ApiError> {
     let Some(raw) = raw else { return Ok(None) };
-    match raw.parse::<i64>() {
-        Ok(n) if (1..=MAX_LIMIT).contains(&n) => Ok(Some(n)),
+    match super::orders::decimal(raw) {
+        Some(n) if (1..=MAX_LIMIT).contains(&n) => Ok(Some(n)),
         _ => Err(ApiError::bad_request("invalid_parameter", format!("limit must be an integer from 1 to {MAX_LIMIT}, not {raw:?}"))),
     }
 }

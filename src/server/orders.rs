@@ -92,7 +92,13 @@ pub(super) fn text<'a>(pairs: &'a Pairs, name: &str) -> Result<Option<&'a str>, 
 }
 
 pub(super) fn integer(pairs: &Pairs, name: &str) -> Result<Option<i64>, ApiError> {
-    value(pairs, name).map(|v| v.parse::<i64>().map_err(|_| bad(name, format!("must be an integer, not {v:?}")))).transpose()
+    value(pairs, name).map(|v| decimal(v).ok_or_else(|| bad(name, format!("must be an integer, not {v:?}")))).transpose()
+}
+
+/// An integer as the OpenAPI document writes one: digits, perhaps after a `-`. Rust's
+/// parse also takes a leading `+`, which is not an integer's value in the document.
+pub(super) fn decimal(v: &str) -> Option<i64> {
+    v.strip_prefix('+').is_none().then(|| v.parse().ok()).flatten()
 }
 
 /// A money amount as PostgreSQL `numeric` text (`100`, `100.5`), and its value to compare.
@@ -558,7 +564,7 @@ mod tests {
         assert_eq!(status("customer_id=12a"), 400);
         assert_eq!(status("q=a%00b"), 400);
         // Only an empty value is no value: spaces (a `+` in a form) are not a number, time or name.
-        for padded in ["page=+", "per_page=+50", "customer_id=1+", "min_total=+", "filter_on=+", "date_from=+", "updated_since=+", "include=+", "include=items,", "sort=+"] {
+        for padded in ["page=+", "per_page=+50", "customer_id=1+", "min_total=+", "filter_on=+", "date_from=+", "updated_since=+", "include=+", "include=items,", "sort=+", "page=%2B1"] {
             assert_eq!(status(padded), 400, "{padded}");
         }
         assert_eq!(status("q=+&status=+&page=&include=&sort=+created_at"), 200, "free text may be spaces");
