@@ -78,7 +78,7 @@ async fn bench(config_path: std::path::PathBuf) {
     let (b, documents) = source_alone(source_cfg, name, pipeline.batch_size, "(b) document query alone (Postgres source)").await;
 
     // (c) rdkafka alone, same settings, same bytes, same partitions.
-    let c = producer_alone(&config, pipeline, &documents, "(c) rdkafka producer alone").await;
+    let c = producer_alone(&config, pipeline, &documents, "export", "(c) rdkafka producer alone").await;
 
     // (a) the binary end to end, from a fresh checkpoint to a fresh topic each round;
     // (x) the same with delivery = "exactly_once" (a Kafka transaction per batch).
@@ -98,7 +98,7 @@ async fn bench(config_path: std::path::PathBuf) {
         cfg.document = Some(document.clone());
         let (b_k, documents_k) = source_alone(&cfg, name, pipeline.batch_size, leak(format!("(b_{short}) {what}, query alone"))).await;
         // Its own payloads: a small document costs the producer far less per order.
-        let c_k = producer_alone(&config, pipeline, &documents_k, leak(format!("(c_{short}) rdkafka producer alone, these documents"))).await;
+        let c_k = producer_alone(&config, pipeline, &documents_k, short, leak(format!("(c_{short}) rdkafka producer alone, these documents"))).await;
         let env = [(format!("ORDER_CDC__PIPELINES__{}__SOURCE__DOCUMENT", name.to_uppercase()), document)];
         let a_k = end_to_end(&config_path, name, leak(format!("(a_{short}) the same, end to end")), &env, &b_k);
         others.push((short, b_k, c_k, a_k));
@@ -195,11 +195,13 @@ async fn source_alone(cfg: &PostgresSourceConfig, name: &str, batch_size: usize,
 }
 
 /// The raw rdkafka producer sending `documents` (their keys and bytes) with order-cdc's
-/// producer settings to a fresh topic of the pipeline's partitions, best of `ROUNDS`.
-async fn producer_alone(config: &Config, pipeline: &PipelineConfig, documents: &[(String, String)], label: &'static str) -> Figure {
+/// producer settings to a fresh topic of the pipeline's partitions (named for `kind`),
+/// best of `ROUNDS`.
+async fn producer_alone(config: &Config, pipeline: &PipelineConfig, documents: &[(String, String)], kind: &str, label: &'static str) -> Figure {
+    let bytes = documents.iter().map(|d| d.1.len()).sum();
     let mut best: Option<Figure> = None;
     for round in 0..ROUNDS {
-        let topic = format!("bench-raw-{}-{}-{round}", std::process::id(), label.len());
+        let topic = format!("bench-raw-{}-{kind}-{round}", std::process::id());
         let cfg = client_config(&config.kafka, "bench");
         let admin: AdminClient<_> = cfg.create().unwrap();
         admin
@@ -225,7 +227,6 @@ async fn producer_alone(config: &Config, pipeline: &PipelineConfig, documents: &
             d.await.unwrap().expect("delivered");
         }
         let busy = clock.cores_busy();
-        let bytes = documents.iter().map(|d| d.1.len()).sum();
         let f = Figure { name: label, orders: documents.len(), bytes, elapsed: started.elapsed(), cores: busy.all, own_cores: Some(busy.this_process), peak_rss: None };
         if best.as_ref().is_none_or(|c| f.elapsed < c.elapsed) {
             best = Some(f);
