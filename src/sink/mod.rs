@@ -5,6 +5,7 @@
 
 mod deliveries;
 pub mod kafka;
+mod polling;
 
 use std::future::Future;
 
