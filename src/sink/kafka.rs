@@ -180,7 +180,7 @@ impl Publisher {
         .map_err(|e| SinkError::Unreachable { brokers: kafka.brokers.clone(), reason: e.to_string() })?;
         started.store(true, Ordering::Relaxed);
         if !missing.is_empty() {
-            ensure_topics(&cfg, &missing.iter().map(String::as_str).collect::<Vec<_>>(), *partitions, *replication_factor).await?;
+            ensure_topics(&cfg, &missing, *partitions, *replication_factor).await?;
         }
         if transactional.is_some() {
             // Fences any earlier producer with this id and aborts what it left open, so
@@ -325,7 +325,7 @@ impl TransactionalSink for Publisher {
     }
 }
 
-async fn ensure_topics(cfg: &ClientConfig, topics: &[&str], partitions: i32, replication_factor: i32) -> Result<(), SinkError> {
+async fn ensure_topics(cfg: &ClientConfig, topics: &[String], partitions: i32, replication_factor: i32) -> Result<(), SinkError> {
     let admin: AdminClient<_> = cfg.create().map_err(kafka_error(SinkError::Config))?;
     let new: Vec<NewTopic> = topics
         .iter()
