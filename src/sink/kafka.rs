@@ -138,7 +138,9 @@ fn acknowledgement(deliveries: Arc<Deliveries>, settled: Settled, delivered: Del
 
 /// Tears an rdkafka client down off the async workers and without waiting for it: its
 /// destruction joins its threads, about 100 ms here, which a start-up's admin client or
-/// checkpoint reader (on every load, retries too) spent on the way to the first page.
+/// checkpoint reader (on every load, retries too) spent on the way to the first page, and
+/// a replaced producer (whose teardown may flush for up to 500 ms what a failure left
+/// queued) on the way to the next.
 pub fn dispose<T: Send + 'static>(client: T) {
     tokio::task::spawn_blocking(move || drop(client));
 }
@@ -274,8 +276,8 @@ impl Sink for Publisher {
     }
 
     async fn rebuild(&mut self) -> Result<(), SinkError> {
-        // The old producer is torn down by its polling thread (`polling.rs`), not here.
-        *self = Self::connect(self.spec.clone()).await?;
+        let fresh = Self::connect(self.spec.clone()).await?;
+        dispose(std::mem::replace(self, fresh));
         Ok(())
     }
 }
