@@ -162,7 +162,7 @@ impl Publisher {
         let producer: BaseProducer<LoggingContext> = cfg
             .create_with_context(LoggingContext { pipeline: format.pipeline.clone(), started: started.clone() })
             .map_err(kafka_error(SinkError::Config))?;
-        let producer = Polled::start(producer).map_err(|e| SinkError::Config(format!("cannot start the producer's polling thread: {e}")))?;
+        let producer = Polled::start(producer).map_err(|e| SinkError::PollingThread(e.to_string()))?;
         // Only missing topics are created: a role without the right to create topics can
         // still publish to existing ones. The metadata asked for is these two topics'
         // alone: the whole cluster's took 26 ms here with 1,900 topics, and grows with them.

@@ -41,6 +41,8 @@ pub enum SinkError {
     Topic { topic: String, reason: String },
     #[error("invalid Kafka producer configuration: {0}")]
     Config(String),
+    #[error("cannot start the producer's polling thread: {0}")]
+    PollingThread(String),
     #[error("Kafka refused a message: {0}")]
     Send(String),
     #[error("Kafka did not acknowledge a message: {0}")]
