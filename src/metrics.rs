@@ -164,7 +164,7 @@ impl Metrics {
             ready: int_gauge(r, "order_cdc_pipeline_ready", "1 while the pipeline runs (or has finished `run --once`), 0 while it starts or after it failed.", &["pipeline"]),
             commits: counter(r, "order_cdc_checkpoint_commits_total", "Checkpoint commits.", &["pipeline"]),
             last_commit: gauge(r, "order_cdc_last_commit_timestamp_seconds", "When the last checkpoint was committed (Unix time); 0 before the first.", &["pipeline"]),
-            lag: gauge(r, "order_cdc_lag_seconds", "Now minus the newest committed updated_at.", &["pipeline"]),
+            lag: gauge(r, "order_cdc_lag_seconds", "Now minus the newest committed updated_at (an HTTP API's times on our clock, by its Date).", &["pipeline"]),
             cutoff_holdback: gauge(r, "order_cdc_cutoff_holdback_seconds", "How far the run's cutoff is held below the database clock (late-commit guard or lag).", &["pipeline"]),
             errors: counter(r, "order_cdc_errors_total", "Errors by kind.", &["pipeline", "kind"]),
             http_requests: counter(r, "order_cdc_http_requests_total", "Requests to `order-cdc serve` by route and status.", &["route", "status"]),

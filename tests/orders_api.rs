@@ -163,6 +163,12 @@ async fn too_many_requests_waits_out_retry_after_counts_the_retries_and_loses_no
     assert_eq!(seen.early_retries, 0, "none before its Retry-After (shortest wait {:?} ms)", seen.shortest_wait_ms);
     let retries = metric(p.metrics_port, "order_cdc_source_retries_total", &[("pipeline", "p"), ("reason", "429")]);
     assert_eq!(retries, Some(3), "{:?}", http_get(p.metrics_port, "/metrics"));
+    // Caught up, the lag is the settle margin and the wait between runs, on our clock: not
+    // the 43 s the portal's clock runs behind ours on top.
+    let lag = || gauge(p.metrics_port, "order_cdc_lag_seconds", &[("pipeline", "p")]);
+    block_in_place(|| wait_until("a run's end to set the lag", StdDuration::from_secs(60), || lag().is_some_and(|l| l > 0.0)));
+    let lag = lag().unwrap();
+    assert!(lag < 30.0, "lag {lag} s counts the portal's clock skew");
     terminate(&daemon);
     block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     let (events, _) = block_in_place(|| assert_topic_matches(&topic, &portal.orders().documents()));

@@ -12,7 +12,7 @@
 
 use std::time::{Duration, Instant};
 
-use chrono::{DateTime, Utc};
+use chrono::{DateTime, TimeDelta, Utc};
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue, DATE, RETRY_AFTER};
 use reqwest::StatusCode;
 
@@ -163,6 +163,8 @@ struct Reply {
     status: StatusCode,
     headers: HeaderMap,
     body: Result<Vec<u8>, SourceError>,
+    /// Our clock when the headers came: the `Date` among them is the server's then.
+    answered: DateTime<Utc>,
 }
 
 impl Transport {
@@ -188,8 +190,8 @@ impl Transport {
         let reply = match sent {
             Ok(response) => {
                 self.metrics.source_request(response.status().as_str());
-                let (status, headers) = (response.status(), response.headers().clone());
-                Ok(Reply { status, headers, body: self.body(response).await })
+                let (status, headers, answered) = (response.status(), response.headers().clone(), Utc::now());
+                Ok(Reply { status, headers, body: self.body(response).await, answered })
             }
             Err(e) => {
                 self.metrics.source_request(if e.is_timeout() { "timeout" } else { "connection_error" });
@@ -262,10 +264,11 @@ impl HttpSource {
             },
             _ => self.transport.clone().get(url).await,
         }?;
-        let Reply { status, headers, body } = reply;
+        let Reply { status, headers, body, answered } = reply;
         let secrets = &self.transport.secrets;
         let detail = |body: Result<Vec<u8>, SourceError>| body.map(|b| detail(&b, secrets)).unwrap_or_default();
         let server_date = server_date(&headers);
+        let skew = skew(server_date, answered);
         match status {
             s if s.is_success() => {}
             StatusCode::UNAUTHORIZED | StatusCode::FORBIDDEN => {
@@ -287,7 +290,7 @@ impl HttpSource {
                 return Err(http_error(Some(s.as_u16()), message, false));
             }
             s => {
-                let batch = self.dialect.refused(s, detail(body), server_date)?;
+                let batch = on_our_clock(self.dialect.refused(s, detail(body), server_date)?, skew);
                 self.prefetch_next(&batch).await;
                 return Ok(batch);
             }
@@ -296,7 +299,7 @@ impl HttpSource {
         if let Some(url) = self.dialect.request_after(&body) {
             self.prefetch(url).await;
         }
-        let batch = self.dialect.page(&body, server_date)?;
+        let batch = on_our_clock(self.dialect.page(&body, server_date)?, skew);
         self.prefetch_next(&batch).await;
         Ok(batch)
     }
@@ -354,6 +357,28 @@ const RETRY_AFTER_BOUNDS: (Duration, Duration) = (Duration::from_secs(1), Durati
 /// The server's clock when it answered: its `Date`.
 fn server_date(headers: &HeaderMap) -> Option<DateTime<Utc>> {
     headers.get(DATE).and_then(|v| v.to_str().ok()).and_then(|v| DateTime::parse_from_rfc2822(v).ok()).map(|d| d.with_timezone(&Utc))
+}
+
+/// Below this, a `Date` cannot tell the server's clock from ours: it is cut to the whole
+/// second, and the reply spent some time on the way.
+const SKEW_RESOLUTION: TimeDelta = TimeDelta::seconds(2);
+
+/// How far the server's clock runs ahead of ours (behind, when negative), from its `Date`
+/// against our clock when the reply came; `None` within `SKEW_RESOLUTION`. A cut `Date`
+/// lies on average half a second behind the clock it was read from.
+fn skew(server_date: Option<DateTime<Utc>>, answered: DateTime<Utc>) -> Option<TimeDelta> {
+    let skew = server_date? + TimeDelta::milliseconds(500) - answered;
+    (skew.abs() >= SKEW_RESOLUTION).then_some(skew)
+}
+
+/// A batch with its watermark, a time of the server's (its cutoff, its `updated_at`s),
+/// moved onto our clock: the lag metric is our clock minus the watermark, and a server
+/// whose clock runs a minute behind ours would otherwise show a minute of lag that is not.
+fn on_our_clock(mut batch: Batch, skew: Option<TimeDelta>) -> Batch {
+    if let Some(skew) = skew {
+        batch.watermark = batch.watermark.map(|w| w - skew);
+    }
+    batch
 }
 
 /// `Retry-After` in seconds or as an HTTP date, within `RETRY_AFTER_BOUNDS`. A date is the
@@ -499,6 +524,23 @@ mod tests {
         // Two minutes behind: 3 s by its clock, not a date already past by ours.
         let ours = DateTime::parse_from_rfc3339("2015-10-21T07:30:00Z").unwrap().with_timezone(&Utc);
         assert_eq!(retry_after(&h, ours), Some(Duration::from_secs(3)));
+    }
+
+    #[test]
+    fn a_watermark_moves_onto_our_clock_by_the_servers_date() {
+        let at = |s: &str| DateTime::parse_from_rfc3339(s).unwrap().with_timezone(&Utc);
+        let batch = |watermark: &str| Batch { records: Vec::new(), position: serde_json::Value::Null, ends_run: true, covers_start: true, cutoff_holdback: None, watermark: Some(at(watermark)) };
+        let moved = |date: Option<&str>, answered: &str, watermark: &str| on_our_clock(batch(watermark), skew(date.map(at), at(answered))).watermark.unwrap();
+        // The server's clock runs 43 s behind ours: its cutoff of 07:27:00 is our 07:27:43.
+        assert_eq!(moved(Some("2015-10-21T07:27:17Z"), "2015-10-21T07:28:00.3Z", "2015-10-21T07:27:00Z"), at("2015-10-21T07:27:42.8Z"));
+        // An hour ahead: without the move, the lag would read as none at all for an hour.
+        assert_eq!(moved(Some("2015-10-21T08:28:00Z"), "2015-10-21T07:28:00Z", "2015-10-21T08:27:59Z"), at("2015-10-21T07:27:58.5Z"));
+        // Within the `Date`'s whole second and the way there, the clocks are taken as one.
+        for answered in ["2015-10-21T07:28:00.9Z", "2015-10-21T07:28:02.4Z", "2015-10-21T07:27:58.6Z"] {
+            assert_eq!(moved(Some("2015-10-21T07:28:00Z"), answered, "2015-10-21T07:27:00Z"), at("2015-10-21T07:27:00Z"), "{answered}");
+        }
+        // No `Date`: nothing to go by.
+        assert_eq!(moved(None, "2015-10-21T09:00:00Z", "2015-10-21T07:27:00Z"), at("2015-10-21T07:27:00Z"));
     }
 
     #[test]

@@ -60,6 +60,8 @@ pub struct Batch {
     pub cutoff_holdback: Option<std::time::Duration>,
     /// Every change before this instant has been read once this batch is committed (the
     /// run's cutoff at its end, else the last record's `updated_at`): the lag metric's base.
+    /// An HTTP source's dialect gives it in the API's clock; the transport moves it onto
+    /// ours (`http::on_our_clock`).
     pub watermark: Option<DateTime<Utc>>,
 }
 
