@@ -135,7 +135,7 @@ impl DialectConfig for ExportApiSourceConfig {
 
     fn open(&self, _local: &LocalState) -> Result<Box<dyn Dialect>, SourceError> {
         let endpoint = url::Url::parse(&self.identity()).map_err(|e| SourceError::Setup(format!("source.base_url is not a URL: {e}")))?;
-        Ok(Box::new(ExportApi { cfg: self.clone(), endpoint, read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0 }))
+        Ok(Box::new(ExportApi { cfg: self.clone(), endpoint, read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0, last_page: None }))
     }
 
     fn position_since(&self, since: DateTime<Utc>) -> serde_json::Value {
@@ -155,6 +155,10 @@ struct ExportApi {
     /// that refuses every cursor is asked again at a falling rate, not in a loop that
     /// republishes its first page.
     restarts: u32,
+    /// A hash of the documents of the run's page before, to see a server that answers
+    /// every cursor with the same page (one that ignores `cursor`, or a scroll that is
+    /// stuck): that run would never end, and would publish the page again and again.
+    last_page: Option<u64>,
 }
 
 impl ExportApi {
@@ -163,6 +167,7 @@ impl ExportApi {
         tracing::warn!(status, detail = %detail, since = %self.read.since, restarts = self.restarts, "restarting the export run from its since");
         self.read.cursor = None;
         self.read.cutoff = None;
+        self.last_page = None;
         let retry_after = std::time::Duration::from_secs(1 << self.restarts.min(9)).min(MAX_RESTART_WAIT);
         self.restarts = self.restarts.saturating_add(1);
         SourceError::CursorRefused { status, detail, retry_after }
@@ -186,6 +191,7 @@ impl Dialect for ExportApi {
     fn restore(&mut self, position: Option<&serde_json::Value>, since: DateTime<Utc>) -> Result<(), SourceError> {
         self.read = super::read_position(position, || Position::at(since), "an export API", Position::VERSION, |p| p.v)?;
         self.covers_start = false;
+        self.last_page = None;
         Ok(())
     }
 
@@ -234,6 +240,15 @@ impl Dialect for ExportApi {
         };
         let ends_run = next.is_none();
         let data = page.data.unwrap_or_default();
+        let documents = (!data.is_empty()).then(|| {
+            let mut hash = xxhash_rust::xxh3::Xxh3::new();
+            data.iter().for_each(|d| hash.update(d.get().as_bytes()));
+            hash.digest()
+        });
+        if continuing && documents.is_some() && documents == self.last_page {
+            return Err(self.restart(200, "the page holds the same orders as the page before it: the API does not move on with the cursor".into()));
+        }
+        self.last_page = if ends_run { None } else { documents };
         // An empty cutoff is none: sent back as `since=`, it would be refused a run later.
         let cutoff = match (continuing, page.meta.and_then(|m| m.cutoff).filter(|c| !c.trim().is_empty())) {
             (true, _) => self.read.cutoff.clone().unwrap_or_else(|| self.read.since.clone()),
@@ -369,7 +384,7 @@ mod tests {
 
     fn api() -> ExportApi {
         let cfg: ExportApiSourceConfig = serde_json::from_value(serde_json::json!({"base_url": "http://api.example", "token": "t"})).unwrap();
-        ExportApi { cfg, endpoint: url::Url::parse("http://api.example/sales-orders/export").unwrap(), read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0 }
+        ExportApi { cfg, endpoint: url::Url::parse("http://api.example/sales-orders/export").unwrap(), read: Position::at(timestamp::epoch()), covers_start: false, restarts: 0, last_page: None }
     }
 
     /// The request sent ahead, before a page is parsed, is the one its parse decides;
@@ -405,6 +420,30 @@ mod tests {
         assert!(api.page(same.as_bytes(), None).is_err());
         assert_eq!(ahead.as_deref(), Some("cursor=c2"));
         assert_eq!(query(Some(api.request())).as_deref(), Some("since=1970-01-01T00%3A00%3A00Z&limit=1000"));
+    }
+
+    /// A server that answers every cursor with the same page (it ignores `cursor`, or its
+    /// scroll is stuck) would keep the run going forever, publishing the page again each
+    /// time: the second time the run starts again from its since, waiting as above. A
+    /// scroll id that stays the same while the pages move on is followed.
+    #[test]
+    fn the_same_page_for_the_next_cursor_starts_the_run_again() {
+        let page = |cursor: &str, ids: [u32; 2], meta: &str| {
+            let docs: Vec<String> = ids.iter().map(|id| format!(r#"{{"order_id": {id}, "updated_at": "2024-01-01T00:00:0{id}Z"}}"#)).collect();
+            format!(r#"{{"data": [{}], "next_cursor": "{cursor}", "has_more": true{meta}}}"#, docs.join(","))
+        };
+        let first = page("scroll", [1, 2], r#", "meta": {"cutoff": "2024-02-01T00:00:00Z"}"#);
+        let mut api = api();
+        api.page(first.as_bytes(), None).unwrap();
+        assert_eq!(api.page(page("scroll", [3, 4], "").as_bytes(), None).unwrap().records.len(), 2, "a scroll id: the pages move on");
+        for cursor in ["scroll", "a-new-cursor"] {
+            let e = api.page(page(cursor, [3, 4], "").as_bytes(), None).unwrap_err();
+            assert!(matches!(e, SourceError::CursorRefused { .. }) && e.to_string().contains("same orders"), "{e}");
+            assert_eq!((api.read.since.as_str(), api.read.cursor.as_deref()), ("1970-01-01T00:00:00Z", None), "back to the run's since");
+            // The run from its since: its first page is not held against it.
+            api.page(first.as_bytes(), None).unwrap();
+            api.page(page("scroll", [3, 4], "").as_bytes(), None).unwrap();
+        }
     }
 
     /// Pages that would have ended the run past pages not read: each starts the run again
