@@ -129,6 +129,37 @@ async fn run_once_waits_out_cutoff_lag() {
     db.drop_db().await;
 }
 
+/// A `run --once` resumed from a checkpoint left mid-run has that run's cutoff, an earlier
+/// process's, which does not cover the command's start. The run that does follows it at
+/// once, not a `poll_interval` later (an hour here), and holds the change made before the
+/// command.
+#[tokio::test(flavor = "multi_thread")]
+async fn run_once_resumed_mid_run_goes_on_at_once_with_a_run_that_covers_its_start() {
+    let (db, client) = TestDb::migrated().await;
+    insert_orders(&client, 1, 30, "'2024-03-01T00:00:00Z'::timestamptz + g * interval '1 s'").await;
+    let topic = unique("once-resumed");
+    let mut p = Pipeline::new(&db.url, &topic);
+    p.batch_size = 10;
+    p.poll_interval = "1h";
+    let setup = Setup::new(&p);
+    setup.run_once();
+    // What an earlier process leaves after the first page of a run whose cutoff was taken
+    // the day after the orders.
+    let (_, tenth) = version(&client, 10).await;
+    let mut checkpoint = setup.checkpoint().expect("a checkpoint");
+    checkpoint["position"] = serde_json::json!({"v": 1, "since": "2024-01-01T00:00:00Z", "cutoff": "2024-03-02T00:00:00Z", "after": [tenth, "10"]});
+    std::fs::write(setup.checkpoint_path(), checkpoint.to_string()).unwrap();
+    client.execute("UPDATE sales_orders SET order_status = 'changed before the command' WHERE id = 20", &[]).await.unwrap();
+
+    let out = run_with_deadline(setup.command(&["run", "--once"]), Duration::from_secs(60));
+    assert!(out.status.success(), "run --once failed: {}", String::from_utf8_lossy(&out.stderr));
+    let (events, _) = assert_topic_matches(&topic, &export_documents(&client).await);
+    // 30 from the first command; 19 again from the resumed run (orders 11 to 30 but 20,
+    // changed past its cutoff), and order 20's change from the run after it.
+    assert_eq!(events, 30 + 19 + 1);
+    db.drop_db().await;
+}
+
 /// Opens a transaction that changes `order` and stays open; returns it and its backend's pid.
 async fn open_transaction(db: &TestDb, order: i64, status: &str) -> (tokio_postgres::Client, i32) {
     let late = db.client().await;

@@ -24,12 +24,14 @@ pub(super) struct Runs<'a> {
     started: Instant,
     progress: Progress,
     wakeups: Option<Wakeups>,
+    /// The source said at the end of the last run that its next run covers its start.
+    next_run_covers_start: bool,
 }
 
 impl<'a> Runs<'a> {
     pub(super) fn new(settings: &'a Settings, metrics: &'a PipelineMetrics, once: bool, shutdown: Shutdown, wakeups: Option<Wakeups>) -> Self {
         let progress = Progress::new(settings.progress_interval);
-        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now(), progress, wakeups }
+        Self { settings, metrics, once, shutdown, backoff: Backoff::default(), started: Instant::now(), progress, wakeups, next_run_covers_start: false }
     }
 
     /// The next batch; `None` once shutdown is asked for.
@@ -69,14 +71,16 @@ impl<'a> Runs<'a> {
                 self.metrics.cutoff_holdback.set(holdback.as_secs_f64());
             }
             self.progress.batch_read(source, batch.ends_run, self.metrics).await;
+            self.next_run_covers_start = batch.ends_run && source.next_run_covers_start();
             return Ok(Some(batch));
         }
     }
 
     /// After a batch is handed over: whether to go on. At the end of a run, `--once` is
-    /// done once a run that covers the source's start has ended; otherwise the next run
-    /// starts a poll interval after this one started, or as soon as it can read a change
-    /// notified since.
+    /// done once a run that covers the source's start has ended, and one that did not is
+    /// followed at once by a run that will, where the source can start one; otherwise the
+    /// next run starts a poll interval after this one started, or as soon as it can read a
+    /// change notified since.
     pub(super) async fn go_on(&mut self, ends_run: bool, covers_start: bool) -> bool {
         if !ends_run {
             return true;
@@ -84,6 +88,10 @@ impl<'a> Runs<'a> {
         self.metrics.run_duration.observe(self.started.elapsed().as_secs_f64());
         if self.once && covers_start {
             return false;
+        }
+        if self.once && self.next_run_covers_start {
+            self.started = Instant::now();
+            return true;
         }
         let poll = self.started + self.settings.poll_interval;
         let next = match &self.wakeups {

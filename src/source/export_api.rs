@@ -195,6 +195,11 @@ impl Dialect for ExportApi {
         Ok(())
     }
 
+    /// A run's first request asks the API for a cutoff of its clock now.
+    fn next_run_covers_start(&self) -> bool {
+        true
+    }
+
     /// The request for the read position. As seed 000 shows it: a run starts with `since`
     /// and `limit`; a continuation sends the cursor alone (it carries the run's window and
     /// page size).

@@ -56,6 +56,10 @@ pub trait Dialect: Send {
     /// What a 4xx means that is not 401, 403, 408 or 429 (`detail` is the body's start):
     /// an error, or for a dialect that asked whether something exists, an answer.
     fn refused(&mut self, status: StatusCode, detail: String, server_date: Option<DateTime<Utc>>) -> Result<Batch, SourceError>;
+    /// Whether a run this process starts covers its start ([`Source::next_run_covers_start`]).
+    fn next_run_covers_start(&self) -> bool {
+        false
+    }
     /// Orders left in the run under way, as far as the pages read so far tell (no
     /// request of its own); `None` when the API gives no counts.
     fn backlog(&self) -> Option<u64> {
@@ -336,6 +340,10 @@ impl Source for HttpSource {
 
     async fn backlog(&mut self) -> Option<u64> {
         self.dialect.backlog()
+    }
+
+    fn next_run_covers_start(&self) -> bool {
+        self.dialect.next_run_covers_start()
     }
 }
 

@@ -153,6 +153,15 @@ pub trait Source: Send {
     fn wakeups(&self) -> Option<notify::Wakeups> {
         None
     }
+
+    /// Whether the next run's own start covers the source's start, so that under
+    /// `--once` a run that ended short of it (one resumed from an earlier process's
+    /// checkpoint, with that process's cutoff) is followed by the next at once. A source
+    /// whose window ends by a server's clock minus a margin cannot say so: only time
+    /// moves that clock past its start, and the next run waits `poll_interval`.
+    fn next_run_covers_start(&self) -> bool {
+        false
+    }
 }
 
 /// The source a pipeline's configuration names (one per pipeline, so its size is moot).
@@ -188,6 +197,13 @@ impl Source for ConfiguredSource {
         match self {
             Self::Postgres(s) => s.wakeups(),
             Self::Http(s) => s.wakeups(),
+        }
+    }
+
+    fn next_run_covers_start(&self) -> bool {
+        match self {
+            Self::Postgres(s) => s.next_run_covers_start(),
+            Self::Http(s) => s.next_run_covers_start(),
         }
     }
 }

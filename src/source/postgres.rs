@@ -676,4 +676,10 @@ impl Source for PostgresSource {
     fn wakeups(&self) -> Option<Wakeups> {
         self.wakeups.as_ref().map(|(w, _)| w.clone())
     }
+
+    /// Under `--once` a fresh cutoff waits on the database clock until it covers the
+    /// source's start (`fresh_cutoff`).
+    fn next_run_covers_start(&self) -> bool {
+        true
+    }
 }

@@ -120,11 +120,12 @@ pub struct Pipeline<'a> {
     pub kafka_extra: &'a str,
     /// Lines for `[checkpoint]` (e.g. `store = "postgres"`).
     pub checkpoint_extra: &'a str,
+    pub poll_interval: &'a str,
 }
 
 impl<'a> Pipeline<'a> {
     pub fn new(db_url: &'a str, topic: &'a str) -> Self {
-        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "", checkpoint_extra: "" }
+        Self { db_url, topic, batch_size: 1000, pipeline_extra: "", source_extra: "", metrics_port: 0, source: None, extra: String::new(), brokers: None, kafka_extra: "", checkpoint_extra: "", poll_interval: "200ms" }
     }
 
     /// A pipeline that polls an export API.
@@ -162,7 +163,7 @@ topic = "{checkpoint_topic}"
 [pipelines.p]
 topic = "{topic}"
 batch_size = {batch}
-poll_interval = "200ms"
+poll_interval = "{poll_interval}"
 partitions = 3
 {pipeline_extra}
 
@@ -179,6 +180,7 @@ partitions = 3
             checkpoint_extra = p.checkpoint_extra,
             topic = p.topic,
             batch = p.batch_size,
+            poll_interval = p.poll_interval,
             pipeline_extra = p.pipeline_extra,
             source = p.source.clone().unwrap_or_else(|| format!("kind = \"postgres\"\nurl = \"{}\"\n{}", p.db_url, p.source_extra)),
             extra = p.extra,
