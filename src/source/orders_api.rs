@@ -15,13 +15,20 @@
 //! * What was already published at `from` is skipped by the content hash of its bytes,
 //!   not by (id, second): an order that changes twice within one second is two versions.
 //! * A full page that is all one second (`M = from`) cannot move `from`: that second holds
-//!   more than a page. It is swept with `page=1, 2, …` over `[from, from]` until one
+//!   more than a page. It is swept with `page=1, 2, …` over `[from, from + 1 s]` until one
 //!   whole pass saw the server's `total` steady on every page and at least `total`
 //!   distinct orders. A second that is over can only lose orders, so a steady total means
 //!   the set did not change during the pass and the pass saw all of it, in whatever order
 //!   the server lists ties. Then `from` moves to the next second.
+//! * The sweep's `date_to` is the next second because portals read `date_to` three ways:
+//!   to the end of the second it names (ours), to its start (one that keeps times finer
+//!   than it writes them and compares with `<=`), or up to it (`<`). `date_to = from`
+//!   would list only the start of `from` or nothing in the last two. Past `from` the
+//!   listing is counted, as the API counts it, and left for when the walk gets there.
+//!   The window's last second is swept to itself, and the run ends on it (below).
 //! * A page that holds the whole window ends the run; the next run starts at the newest
-//!   second published, so a write that committed late into it is still found.
+//!   second published, so a write that committed late into it is still found. So does
+//!   the sweep of the window's last second: the walk never moves past `to` by itself.
 //! * The sort is `updated_at,order_number` (the seed sorts "by one or more fields"): a
 //!   server that pages ties with LIMIT/OFFSET may otherwise list them in another order on
 //!   every page (PostgreSQL's top-N sort does), so that some are on no page, pass after
@@ -260,6 +267,16 @@ impl OrdersApi {
         t.format(TIME_FORMAT).to_string()
     }
 
+    /// The `date_to` of a sweep of `from` in a run up to `to`: the next second, unless
+    /// that is past the window, where orders may still be written.
+    fn sweep_to(&self, to: NaiveDateTime) -> NaiveDateTime {
+        if self.from < to {
+            self.from + TimeDelta::seconds(1)
+        } else {
+            self.from
+        }
+    }
+
     fn position(&self) -> serde_json::Value {
         let seen = super::seen_to_position(&self.seen);
         serde_json::to_value(Position { v: Position::VERSION, from: Self::format(self.from), seen }).expect("a position serialises")
@@ -311,14 +328,18 @@ impl OrdersApi {
         let from = self.from;
         let run = self.run.as_mut().expect("a run is open");
         let mut sweep = run.sweep.take().expect("sweeping");
+        let to = run.to;
+        // Asked up to the next second, the listing ends with (some of) that second: counted
+        // as the API counts it, published once `from` gets there.
+        let (listed, past): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|l| l.second.is_none_or(|s| s <= from));
         if sweep.page == 1 && (listed.len() as u64) < sweep.shown.max(1) {
             // The listing from `from` showed more orders in that second. Either some
             // changed since (the window page, asked again, will say so), or the server's
-            // `date_to` ends before the second it names (it compares with the second's
-            // start, and keeps times finer than it writes): never take that as read.
+            // `date_to` ends before the second it names: never take that as read.
+            let date_to = Self::format(self.sweep_to(to));
             self.run = None;
             return Err(http::malformed(format!(
-                "date_from=date_to={} lists fewer orders ({}) than the listing from that second showed in it ({}); if this repeats, the API's date_to ends before the second it names",
+                "date_from={} and date_to={date_to} list fewer orders in that second ({}) than the listing from it showed ({}); if this repeats, the API's date_to ends before the second it names",
                 Self::format(from),
                 listed.len(),
                 sweep.shown
@@ -329,9 +350,9 @@ impl OrdersApi {
         } else if sweep.total != total {
             sweep.steady = false;
         }
-        let rows = listed.len() as u64;
+        let rows = (listed.len() + past.len()) as u64;
         sweep.rows += rows;
-        sweep.listed.extend(listed.iter().map(|l| l.hash));
+        sweep.listed.extend(listed.iter().chain(&past).map(|l| l.hash));
         let pass_over = holds_the_rest(rows, per_page, total.map(|t| (sweep.rows, t)));
         let before = self.seen.len();
         let records = self.take_new(listed);
@@ -356,9 +377,16 @@ impl OrdersApi {
         if !whole {
             tracing::warn!(second = %Self::format(from), total = ?sweep.total, listed = sweep.listed.len(), "the API's total promised more orders than its pages list; taking the second as read");
         }
+        if from >= run.to {
+            // The run's last second, swept to itself (the next may still be written): a
+            // portal whose `date_to` ends at the second's start, or before it, listed part
+            // of it or none. The run ends on it, with what it published there as seen;
+            // the next run's window reaches past it.
+            return Ok((records, true));
+        }
         self.from = from + TimeDelta::seconds(1);
         self.seen.clear();
-        Ok((records, self.from > run.to))
+        Ok((records, false))
     }
 }
 
@@ -386,7 +414,7 @@ impl Dialect for OrdersApi {
         let per_page = self.cfg.per_page.to_string();
         let (page, to) = match &self.run {
             None => (1, None),
-            Some(Run { sweep: Some(s), .. }) => (s.page, Some(self.from)),
+            Some(Run { sweep: Some(s), to }) => (s.page, Some(self.sweep_to(*to))),
             Some(Run { to, sweep: None }) => (1, Some(*to)),
         };
         {
@@ -516,6 +544,19 @@ mod tests {
         next_id: u64,
         /// Rows per page the portal hands out at most, whatever is asked.
         cap: usize,
+        /// Milliseconds within its second of each order's change, kept but not written
+        /// (all 0 unless `date_to` is `Start`).
+        millis: HashMap<u64, i64>,
+        date_to: DateTo,
+    }
+
+    /// How a portal reads `date_to`: to the end of the second it names, to its start (it
+    /// keeps times finer than it writes them), or up to it.
+    #[derive(Debug, Clone, Copy, PartialEq)]
+    enum DateTo {
+        End,
+        Start,
+        Before,
     }
 
     fn doc(id: u64, (second, version): (i64, u32)) -> String {
@@ -530,12 +571,24 @@ mod tests {
             let version = self.orders.get(&id).map_or(1, |o| o.1 + 1);
             self.orders.insert(id, (second.max(self.orders.get(&id).map_or(0, |o| o.0)), version));
             self.place.insert(id, self.rng.random());
+            self.stamp(id);
         }
 
         fn load(&mut self, second: i64) {
             self.next_id += 1;
             self.orders.insert(self.next_id, (second, 1));
             self.place.insert(self.next_id, self.rng.random());
+            self.stamp(self.next_id);
+        }
+
+        fn stamp(&mut self, id: u64) {
+            let millis = if self.date_to == DateTo::Start { self.rng.random_range(0..1000) } else { 0 };
+            self.millis.insert(id, millis);
+        }
+
+        /// An order's change time as the portal keeps it, in milliseconds.
+        fn kept(&self, id: u64) -> i64 {
+            self.orders[&id].0 * 1000 + self.millis[&id]
         }
 
         fn churn(&mut self) {
@@ -554,11 +607,17 @@ mod tests {
         fn answer(&mut self, url: &url::Url) -> (Vec<u8>, DateTime<Utc>) {
             let q: HashMap<String, String> = url.query_pairs().into_owned().collect();
             let parse = |k: &str| q.get(k).map(|v| NaiveDateTime::parse_from_str(v, TIME_FORMAT).unwrap().and_utc().timestamp());
-            let (from, to) = (parse("date_from").unwrap(), parse("date_to").unwrap_or(i64::MAX));
+            let to = match (parse("date_to"), self.date_to) {
+                (None, _) => i64::MAX,
+                (Some(t), DateTo::End) => t * 1000 + 999,
+                (Some(t), DateTo::Start) => t * 1000,
+                (Some(t), DateTo::Before) => t * 1000 - 1,
+            };
+            let from = parse("date_from").unwrap() * 1000;
             let page: usize = q["page"].parse().unwrap();
             let per_page = q["per_page"].parse::<usize>().unwrap().min(self.cap);
-            let mut rows: Vec<(i64, u64)> = self.orders.iter().filter(|(_, o)| (from..=to).contains(&o.0)).map(|(id, o)| (o.0, *id)).collect();
-            rows.sort_by_key(|(second, id)| (*second, self.place[id]));
+            let mut rows: Vec<(i64, u64)> = self.orders.keys().map(|id| (self.kept(*id), *id)).filter(|(t, _)| (from..=to).contains(t)).collect();
+            rows.sort_by_key(|(t, id)| (*t, self.place[id]));
             let data: Vec<String> = rows.iter().skip((page - 1) * per_page).take(per_page).map(|(_, id)| doc(*id, self.orders[id])).collect();
             let body = format!(r#"{{"meta":{{"pagination":{{"page":{page},"per_page":{per_page},"total":{}}}}},"data":[{}]}}"#, rows.len(), data.join(","));
             (body.into_bytes(), DateTime::from_timestamp(self.now, 0).unwrap())
@@ -575,17 +634,19 @@ mod tests {
         bulk: usize,
         churning_requests: usize,
         crash_percent: u32,
+        date_to: DateTo,
     }
 
     fn cases() -> impl Strategy<Value = Case> {
-        (any::<u64>(), 1u32..8, 1usize..10, 0usize..30, 0usize..40, 0usize..60, 0u32..15).prop_map(
-            |(seed, per_page, cap, initial, bulk, churning_requests, crash_percent)| Case { seed, per_page, cap, initial, bulk, churning_requests, crash_percent },
+        let date_to = prop_oneof![Just(DateTo::End), Just(DateTo::Start), Just(DateTo::Before)];
+        (any::<u64>(), 1u32..8, 1usize..10, 0usize..30, 0usize..40, 0usize..60, 0u32..15, date_to).prop_map(
+            |(seed, per_page, cap, initial, bulk, churning_requests, crash_percent, date_to)| Case { seed, per_page, cap, initial, bulk, churning_requests, crash_percent, date_to },
         )
     }
 
     fn check(case: &Case) -> Result<(), TestCaseError> {
         let mut portal =
-            Portal { rng: StdRng::seed_from_u64(case.seed), now: START, orders: BTreeMap::new(), place: HashMap::new(), next_id: 0, cap: case.cap };
+            Portal { rng: StdRng::seed_from_u64(case.seed), now: START, orders: BTreeMap::new(), place: HashMap::new(), next_id: 0, cap: case.cap, millis: HashMap::new(), date_to: case.date_to };
         for _ in 0..case.bulk {
             portal.load(START - 10);
         }
@@ -704,33 +765,62 @@ mod tests {
         // Page 1 from that second lists the same two: the second is swept page by page.
         let again = d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
         assert!(again.records.is_empty() && !again.ends_run);
-        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&date_to=2025-01-01+10%3A00%3A00") && query(&*d).contains("page=1&"), "{}", query(&*d));
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&date_to=2025-01-01+10%3A00%3A01") && query(&*d).contains("page=1&"), "{}", query(&*d));
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 1), date).unwrap();
         assert!(query(&*d).contains("page=2&"), "{}", query(&*d));
         let rest = d.page(&page_of(&[(3, 1, s)], 1), date).unwrap();
         assert_eq!(keys(&rest), ["3"], "the order past the first page");
     }
 
-    /// A portal that keeps times finer than it writes them and compares `date_to` with the
-    /// start of the second it names lists, in a second's sweep, only the orders stamped at
-    /// its very start. The second is not taken as read: the walk does not move past it
-    /// and the error says why, until the sweep lists what the listing from it showed.
+    /// A sweep whose first page lists fewer orders in the second than the listing from it
+    /// showed (some changed since, or the API's `date_to` ends before the second it names)
+    /// is not taken as read: the walk does not move past the second and the error says
+    /// why, until the sweep lists what the listing from it showed.
     #[test]
     fn a_sweep_listing_fewer_than_its_second_showed_is_not_taken_as_read() {
         let mut d = fresh(2);
         let (date, s) = (at("2025-01-01T11:00:00Z"), "2025-01-01 10:00:00");
-        // Orders 1, 2 and 3 changed at 10:00:00.0, .4 and .7: the second holds more than a page.
+        // Orders 1, 2 and 3 changed in 10:00:00: the second holds more than a page.
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
-        assert!(query(&*d).contains("&date_to=2025-01-01+10%3A00%3A00"), "{}", query(&*d));
+        assert!(query(&*d).contains("&date_to=2025-01-01+10%3A00%3A01"), "{}", query(&*d));
         let cut = d.page(&page_of(&[(1, 1, s)], 1), date).unwrap_err();
-        assert!(cut.is_retriable() && cut.to_string().contains("lists fewer orders (1) than the listing from that second showed in it (2)"), "{cut}");
+        assert!(cut.is_retriable() && cut.to_string().contains("list fewer orders in that second (1) than the listing from it showed (2)"), "{cut}");
         assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&sort") && query(&*d).contains("page=1&"), "back to the listing from that second: {}", query(&*d));
         // A sweep that lists the whole second reads it, order 3 too.
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), date).unwrap();
         assert!(query(&*d).contains("page=2&"), "{}", query(&*d));
         assert_eq!(keys(&d.page(&page_of(&[(3, 1, s)], 3), date).unwrap()), ["3"]);
+    }
+
+    /// A sweep asks up to the next second, so that a portal whose `date_to` ends at the
+    /// start of the second it names, or before it, lists the whole of `from`. What it
+    /// lists of the next second is left for when the walk gets there. The window's last
+    /// second is swept to itself, its next being still open to writes, and the run ends
+    /// on it: the next run's window reaches past it.
+    #[test]
+    fn a_sweep_asks_up_to_the_next_second_but_not_past_the_window() {
+        let mut d = fresh(2);
+        let (date, s, next) = (at("2025-01-01T10:00:03Z"), "2025-01-01 10:00:00", "2025-01-01 10:00:01");
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 4), date).unwrap();
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 4), date).unwrap();
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&date_to=2025-01-01+10%3A00%3A01&"), "{}", query(&*d));
+        assert!(d.page(&page_of(&[(1, 1, s), (2, 1, s)], 4), date).unwrap().records.is_empty());
+        assert_eq!(keys(&d.page(&page_of(&[(3, 1, s), (4, 1, next)], 4), date).unwrap()), ["3"], "order 4 is the next second's");
+        let end = d.page(&page_of(&[], 4), date).unwrap();
+        assert!(end.records.is_empty() && !end.ends_run);
+        // The window ends at 10:00:01 (the Date minus settle): that second is the last.
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A01&") && query(&*d).contains("page=1&"), "{}", query(&*d));
+        assert_eq!(keys(&d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap()), ["4", "5"]);
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A01&"), "swept to itself: {}", query(&*d));
+        assert!(d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap().records.is_empty());
+        let last = d.page(&page_of(&[(6, 1, next)], 3), date).unwrap();
+        assert!(keys(&last) == ["6"] && last.ends_run, "the run ends on its last second");
+        // The next run lists from that second again, skipping what it published there.
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&sort"), "{}", query(&*d));
+        let again = d.page(&page_of(&[(4, 1, next), (5, 1, next)], 5), at("2025-01-01T10:00:10Z")).unwrap();
+        assert!(again.records.is_empty() && !again.ends_run);
     }
 
     #[test]
