@@ -166,9 +166,7 @@ async fn too_many_requests_waits_out_retry_after_counts_the_retries_and_loses_no
     // Caught up, the lag is the settle margin and the wait between runs, on our clock: not
     // the 43 s the portal's clock runs behind ours on top.
     let lag = || gauge(p.metrics_port, "order_cdc_lag_seconds", &[("pipeline", "p")]);
-    block_in_place(|| wait_until("a run's end to set the lag", StdDuration::from_secs(60), || lag().is_some_and(|l| l > 0.0)));
-    let lag = lag().unwrap();
-    assert!(lag < 30.0, "lag {lag} s counts the portal's clock skew");
+    block_in_place(|| wait_until("the lag to fall below the portal's clock skew", StdDuration::from_secs(60), || lag().is_some_and(|l| l > 0.0 && l < 30.0)));
     terminate(&daemon);
     block_in_place(|| wait_for_exit(&mut daemon, StdDuration::from_secs(60), "the daemon did not stop on SIGTERM", || setup.log()));
     let (events, _) = block_in_place(|| assert_topic_matches(&topic, &portal.orders().documents()));

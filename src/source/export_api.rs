@@ -445,7 +445,7 @@ mod tests {
             let e = api.page(page(cursor, [3, 4], "").as_bytes(), None).unwrap_err();
             assert!(matches!(e, SourceError::CursorRefused { .. }) && e.to_string().contains("same orders"), "{e}");
             assert_eq!((api.read.since.as_str(), api.read.cursor.as_deref()), ("1970-01-01T00:00:00Z", None), "back to the run's since");
-            // The run from its since: its first page is not held against it.
+            // The run from its since reads those pages again.
             api.page(first.as_bytes(), None).unwrap();
             api.page(page("scroll", [3, 4], "").as_bytes(), None).unwrap();
         }

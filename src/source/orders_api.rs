@@ -16,16 +16,18 @@
 //!   not by (id, second): an order that changes twice within one second is two versions.
 //! * A full page that is all one second (`M = from`) cannot move `from`: that second holds
 //!   more than a page. It is swept with `page=1, 2, …` over `[from, from + 1 s]` until one
-//!   whole pass saw the server's `total` steady on every page and at least `total`
-//!   distinct orders. A second that is over can only lose orders, so a steady total means
-//!   the set did not change during the pass and the pass saw all of it, in whatever order
-//!   the server lists ties. Then `from` moves to the next second.
+//!   whole pass saw the server's `total` steady on every page and every order of `from`:
+//!   a pass ends at the listing's end or at its first order past `from` (sorted after
+//!   it), and it saw them all if it listed at least `total` distinct orders, or, ended
+//!   past `from`, if no page before the last was short and no order came twice (every
+//!   place of `from` in the listing held once). A second that is over can only lose
+//!   orders, so a steady total means the set did not change during the pass, in whatever
+//!   order the server lists ties. Then `from` moves to the next second.
 //! * The sweep's `date_to` is the next second because portals read `date_to` three ways:
 //!   to the end of the second it names (ours), to its start (one that keeps times finer
 //!   than it writes them and compares with `<=`), or up to it (`<`). `date_to = from`
-//!   would list only the start of `from` or nothing in the last two. Past `from` the
-//!   listing is counted, as the API counts it, and left for when the walk gets there.
-//!   The window's last second is swept to itself, and the run ends on it (below).
+//!   would list only the start of `from` or nothing in the last two. The window's last
+//!   second is swept to itself, and the run ends on it (below).
 //! * A page that holds the whole window ends the run; the next run starts at the newest
 //!   second published, so a write that committed late into it is still found. So does
 //!   the sweep of the window's last second: the walk never moves past `to` by itself.
@@ -169,9 +171,13 @@ struct Sweep {
     /// The `total` of the pass's first page, and whether every page since said the same.
     total: Option<u64>,
     steady: bool,
-    /// The distinct versions this pass listed, and how many rows its pages held.
+    /// The distinct versions this pass listed at `from`, how many rows at `from` its
+    /// pages held, and how many rows in all.
     listed: HashSet<u64>,
+    at_from: u64,
     rows: u64,
+    /// A page before the last held fewer rows than a page holds.
+    short: bool,
     new_in_pass: bool,
     quiet_passes: u32,
     /// How many orders the listing from this second showed in it, for the first pass;
@@ -329,18 +335,26 @@ impl OrdersApi {
         let run = self.run.as_mut().expect("a run is open");
         let mut sweep = run.sweep.take().expect("sweeping");
         let to = run.to;
-        // Asked up to the next second, the listing ends with (some of) that second: counted
-        // as the API counts it, published once `from` gets there.
-        let (listed, past): (Vec<Listed>, Vec<Listed>) = listed.into_iter().partition(|l| l.second.is_none_or(|s| s <= from));
+        // Asked up to the next second, the listing ends with (some of) that second, sorted
+        // after `from`: the pass over `from` ends at its first order past it, and what lies
+        // there is published once the walk gets there.
+        let page_rows = listed.len() as u64;
+        let mut listed = listed;
+        let past = listed.iter().position(|l| l.second.is_some_and(|s| s > from));
+        if let Some(first) = past {
+            listed.truncate(first);
+        }
         if sweep.page == 1 && (listed.len() as u64) < sweep.shown.max(1) {
             // The listing from `from` showed more orders in that second. Either some
             // changed since (the window page, asked again, will say so), or the server's
             // `date_to` ends before the second it names: never take that as read.
-            let date_to = Self::format(self.sweep_to(to));
+            let date_to = self.sweep_to(to);
+            let why = if date_to == from { "orders left it since, or the API's date_to ends before the second it names" } else { "orders left it since" };
             self.run = None;
             return Err(http::malformed(format!(
-                "date_from={} and date_to={date_to} list fewer orders in that second ({}) than the listing from it showed ({}); if this repeats, the API's date_to ends before the second it names",
+                "date_from={} and date_to={} list fewer orders in that second ({}) than the listing from it showed ({}): {why}; asking again",
                 Self::format(from),
+                Self::format(date_to),
                 listed.len(),
                 sweep.shown
             )));
@@ -350,10 +364,11 @@ impl OrdersApi {
         } else if sweep.total != total {
             sweep.steady = false;
         }
-        let rows = (listed.len() + past.len()) as u64;
-        sweep.rows += rows;
-        sweep.listed.extend(listed.iter().chain(&past).map(|l| l.hash));
-        let pass_over = holds_the_rest(rows, per_page, total.map(|t| (sweep.rows, t)));
+        sweep.rows += page_rows;
+        sweep.at_from += listed.len() as u64;
+        sweep.listed.extend(listed.iter().map(|l| l.hash));
+        let pass_over = past.is_some() || holds_the_rest(page_rows, per_page, total.map(|t| (sweep.rows, t)));
+        sweep.short |= !pass_over && page_rows < per_page;
         let before = self.seen.len();
         let records = self.take_new(listed);
         sweep.new_in_pass |= self.seen.len() > before;
@@ -364,10 +379,14 @@ impl OrdersApi {
             return Ok((records, false));
         }
         let quiet = if sweep.new_in_pass { 0 } else { sweep.quiet_passes + 1 };
+        // Ended at the next second, the pass held every place of `from` in the listing once
+        // if no page before the last was short and no order came twice; the total, which
+        // counts the next second too, then only says that nothing moved.
         let whole = sweep.steady
-            && match sweep.total {
-                Some(total) => sweep.listed.len() as u64 >= total,
-                None => !sweep.new_in_pass,
+            && match (past, sweep.total) {
+                (Some(_), total) => !sweep.short && sweep.listed.len() as u64 == sweep.at_from && (total.is_some() || !sweep.new_in_pass),
+                (None, Some(total)) => sweep.listed.len() as u64 >= total,
+                (None, None) => !sweep.new_in_pass,
             };
         if !(whole || quiet >= QUIET_PASSES) {
             tracing::debug!(second = %Self::format(from), "the second changed during its sweep; sweeping it again");
@@ -795,8 +814,8 @@ mod tests {
     }
 
     /// A sweep asks up to the next second, so that a portal whose `date_to` ends at the
-    /// start of the second it names, or before it, lists the whole of `from`. What it
-    /// lists of the next second is left for when the walk gets there. The window's last
+    /// start of the second it names, or before it, lists the whole of `from`. Its pass
+    /// ends at the first order past `from`, left for when the walk gets there. The window's last
     /// second is swept to itself, its next being still open to writes, and the run ends
     /// on it: the next run's window reaches past it.
     #[test]
@@ -807,9 +826,9 @@ mod tests {
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 4), date).unwrap();
         assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&date_to=2025-01-01+10%3A00%3A01&"), "{}", query(&*d));
         assert!(d.page(&page_of(&[(1, 1, s), (2, 1, s)], 4), date).unwrap().records.is_empty());
-        assert_eq!(keys(&d.page(&page_of(&[(3, 1, s), (4, 1, next)], 4), date).unwrap()), ["3"], "order 4 is the next second's");
-        let end = d.page(&page_of(&[], 4), date).unwrap();
-        assert!(end.records.is_empty() && !end.ends_run);
+        // The pass ends at the first order past `from`: every page after it is past it too.
+        let end = d.page(&page_of(&[(3, 1, s), (4, 1, next)], 4), date).unwrap();
+        assert!(keys(&end) == ["3"] && !end.ends_run, "order 4 is the next second's");
         // The window ends at 10:00:01 (the Date minus settle): that second is the last.
         assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A01&") && query(&*d).contains("page=1&"), "{}", query(&*d));
         assert_eq!(keys(&d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap()), ["4", "5"]);

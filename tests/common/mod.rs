@@ -120,6 +120,7 @@ pub struct Pipeline<'a> {
     pub kafka_extra: &'a str,
     /// Lines for `[checkpoint]` (e.g. `store = "postgres"`).
     pub checkpoint_extra: &'a str,
+    /// `poll_interval` of `[pipelines.p]` (200ms unless a test needs another).
     pub poll_interval: &'a str,
 }
 
@@ -468,20 +469,20 @@ pub fn free_port() -> u16 {
 /// One sample of a daemon's `/metrics`: the series `name` whose labels include every
 /// `labels` pair (in any order); `None` while nothing answers or the series is absent.
 pub fn metric(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<u64> {
-    sample(port, name, labels)?.parse().ok()
+    sample(port, name, labels)
 }
 
 /// The same for a gauge that is not a whole number (seconds).
 pub fn gauge(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    sample(port, name, labels)?.parse().ok()
+    sample(port, name, labels)
 }
 
-fn sample(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<String> {
+fn sample<T: std::str::FromStr>(port: u16, name: &str, labels: &[(&str, &str)]) -> Option<T> {
     let (_, body) = http_get(port, "/metrics")?;
     let series = format!("{name}{{");
     body.lines()
         .filter(|l| l.starts_with(&series) && labels.iter().all(|(k, v)| l.contains(&format!("{k}=\"{v}\""))))
-        .find_map(|l| l.rsplit(' ').next().map(str::to_string))
+        .find_map(|l| l.rsplit(' ').next()?.parse().ok())
 }
 
 /// SIGTERM: the graceful stop a container runtime sends.
