@@ -7,8 +7,9 @@
 //! * A run covers the closed window `[from, to]` on `filter_on=updated_at`, where `to` is
 //!   the server's clock (its `Date`) minus `settle`. Only the clock of the portal that
 //!   stamps `updated_at` can say which seconds are over; ours may be off by a minute.
-//! * Every request is page 1 of `[from, to]` sorted by `updated_at`: it holds the oldest
-//!   orders of the window *at that moment*. Every second below the page's newest second M
+//! * Every request is page 1 of `[from, to]` sorted by `updated_at` (asked to a second
+//!   past `to`, so that `to` is whole however the API reads `date_to`; what lies past
+//!   `to` is the next run's): it holds the oldest orders of the window *at that moment*. Every second below the page's newest second M
 //!   is therefore whole in it, and the walk moves `from` up to M, remembering what it
 //!   published at M. An order that changes meanwhile leaves for a second past `to`, where
 //!   the next run finds its new version; no order can enter a second that is over.
@@ -162,6 +163,9 @@ struct Run {
     /// The window's last second (inclusive), in the API's zone.
     to: NaiveDateTime,
     sweep: Option<Sweep>,
+    /// The run ended on the sweep of `to`, which a portal that ends `date_to` at the
+    /// second's start or before it did not list whole.
+    ended_in_last_second: bool,
 }
 
 /// A pass, page by page, over the second `from` that holds more than a page.
@@ -311,8 +315,9 @@ impl OrdersApi {
     /// second, and end the run, go on, or sweep a second that holds more than a page.
     fn window_page(&mut self, listed: Vec<Listed>, holds_all: bool) -> (Vec<Record>, bool) {
         let to = self.run.as_ref().expect("a run is open").to;
-        // Only the first request of a run is open-ended: what lies past `to` is the next
-        // run's, and its presence shows the page holds the whole window.
+        // The window's requests reach past `to` (the first is open-ended, the others end a
+        // second later, so that `to` is whole however the API reads `date_to`): what lies
+        // past it is the next run's, and its presence shows the page holds the whole window.
         let past_to = listed.iter().any(|l| l.second.is_some_and(|s| s > to));
         let listed: Vec<Listed> = listed.into_iter().filter(|l| l.second.is_none_or(|s| s <= to)).collect();
         let newest = listed.iter().filter_map(|l| l.second).max().filter(|n| *n > self.from);
@@ -401,6 +406,7 @@ impl OrdersApi {
             // portal whose `date_to` ends at the second's start, or before it, listed part
             // of it or none. The run ends on it, with what it published there as seen;
             // the next run's window reaches past it.
+            run.ended_in_last_second = true;
             return Ok((records, true));
         }
         self.from = from + TimeDelta::seconds(1);
@@ -433,8 +439,8 @@ impl Dialect for OrdersApi {
         let per_page = self.cfg.per_page.to_string();
         let (page, to) = match &self.run {
             None => (1, None),
-            Some(Run { sweep: Some(s), to }) => (s.page, Some(self.sweep_to(*to))),
-            Some(Run { to, sweep: None }) => (1, Some(*to)),
+            Some(Run { sweep: Some(s), to, .. }) => (s.page, Some(self.sweep_to(*to))),
+            Some(Run { to, sweep: None, .. }) => (1, Some(*to + TimeDelta::seconds(1))),
         };
         {
             let mut q = url.query_pairs_mut();
@@ -487,7 +493,7 @@ impl Dialect for OrdersApi {
             })?;
             let now = local_second(now, self.zone);
             self.started.get_or_insert(now);
-            self.run = Some(Run { to: now - self.settle, sweep: None });
+            self.run = Some(Run { to: now - self.settle, sweep: None, ended_in_last_second: false });
         }
         let rows = listed.len() as u64;
         let run = self.run.as_ref().expect("a run is open");
@@ -504,7 +510,9 @@ impl Dialect for OrdersApi {
         } else {
             records.iter().filter(|r| !matches!(r.body, RecordBody::Bad { .. })).map(|r| r.updated_at).max()
         };
-        let covers_start = self.started.is_some_and(|s| to >= s);
+        // A second read in part does not cover what was written in it.
+        let whole_to = !self.run.as_ref().is_some_and(|r| r.ended_in_last_second);
+        let covers_start = self.started.is_some_and(|s| to > s || (to == s && whole_to));
         if ends_run {
             self.run = None;
         }
@@ -829,8 +837,9 @@ mod tests {
         // The pass ends at the first order past `from`: every page after it is past it too.
         let end = d.page(&page_of(&[(3, 1, s), (4, 1, next)], 4), date).unwrap();
         assert!(keys(&end) == ["3"] && !end.ends_run, "order 4 is the next second's");
-        // The window ends at 10:00:01 (the Date minus settle): that second is the last.
-        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A01&") && query(&*d).contains("page=1&"), "{}", query(&*d));
+        // The window ends at 10:00:01 (the Date minus settle), asked a second further so
+        // that it is whole however the API reads date_to: that second is the last.
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A02&") && query(&*d).contains("page=1&"), "{}", query(&*d));
         assert_eq!(keys(&d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap()), ["4", "5"]);
         assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A01&"), "swept to itself: {}", query(&*d));
         assert!(d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap().records.is_empty());
@@ -840,6 +849,30 @@ mod tests {
         assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&sort"), "{}", query(&*d));
         let again = d.page(&page_of(&[(4, 1, next), (5, 1, next)], 5), at("2025-01-01T10:00:10Z")).unwrap();
         assert!(again.records.is_empty() && !again.ends_run);
+    }
+
+    /// `run --once` ends after a run whose window reaches the server's clock at the
+    /// source's first answer. A run that ends on the sweep of its last second covers only
+    /// the seconds before it: an API that ends `date_to` at the second's start, or before
+    /// it, listed that second in part.
+    #[test]
+    fn a_run_ending_on_the_sweep_of_its_last_second_does_not_cover_that_second() {
+        let mut d = fresh(2);
+        let s = "2025-01-01 10:00:02";
+        // The first answer: the server's clock reads 10:00:02; the window ends at 10:00:00.
+        assert!(!d.page(&page_of(&[], 0), at("2025-01-01T10:00:02Z")).unwrap().covers_start);
+        // Two seconds on, the window reaches 10:00:02, which holds more than a page.
+        let later = at("2025-01-01T10:00:04Z");
+        assert_eq!(keys(&d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), later).unwrap()), ["1", "2"]);
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), later).unwrap();
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A02&date_to=2025-01-01+10%3A00%3A02&"), "swept to itself: {}", query(&*d));
+        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), later).unwrap();
+        let last = d.page(&page_of(&[(3, 1, s)], 3), later).unwrap();
+        assert!(keys(&last) == ["3"] && last.ends_run && !last.covers_start, "ended on its last second, read in part");
+        // A run up to the same second that ends on a page does cover it: its request
+        // reached a second past it.
+        let whole = d.page(&page_of(&[(3, 1, s)], 1), later).unwrap();
+        assert!(whole.ends_run && whole.covers_start);
     }
 
     #[test]
@@ -858,7 +891,8 @@ mod tests {
         let batch = d.page(&page_of(&full, 60), at("2025-01-01T15:10:00Z")).unwrap();
         assert_eq!(batch.records.len(), 50);
         assert_eq!(batch.records[0].updated_at, crate::timestamp::parse("2025-01-01T15:00:05Z").unwrap(), "ce_time is the local time read in source.timezone");
-        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A05&date_to=2025-01-01+10%3A09%3A58"), "{}", query(&*d));
+        // (asked a second further, so that 10:09:58 is whole however the API reads date_to)
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A05&date_to=2025-01-01+10%3A09%3A59"), "{}", query(&*d));
     }
 
     #[test]
