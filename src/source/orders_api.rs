@@ -23,15 +23,17 @@
 //!   past `from`, if no page before the last was short and no order came twice (every
 //!   place of `from` in the listing held once). A second that is over can only lose
 //!   orders, so a steady total means the set did not change during the pass, in whatever
-//!   order the server lists ties. Then `from` moves to the next second.
+//!   order the server lists ties. Without a total, a pass that held every place once
+//!   must end with as many orders of `from` as the pass before it ended with: none left
+//!   meanwhile. Then `from` moves to the next second.
 //! * The sweep's `date_to` is the next second because portals read `date_to` three ways:
 //!   to the end of the second it names (ours), to its start (one that keeps times finer
 //!   than it writes them and compares with `<=`), or up to it (`<`). `date_to = from`
 //!   would list only the start of `from` or nothing in the last two. The window's last
-//!   second is swept to itself, and the run ends on it (below).
+//!   second is never swept: its sweep would list the next, which may still be written.
 //! * A page that holds the whole window ends the run; the next run starts at the newest
-//!   second published, so a write that committed late into it is still found. So does
-//!   the sweep of the window's last second: the walk never moves past `to` by itself.
+//!   second published, so a write that committed late into it is still found. So does a
+//!   full page of the window's last second: the walk never moves past `to` by itself.
 //! * The sort is `updated_at,order_number` (the seed sorts "by one or more fields"): a
 //!   server that pages ties with LIMIT/OFFSET may otherwise list them in another order on
 //!   every page (PostgreSQL's top-N sort does), so that some are on no page, pass after
@@ -163,8 +165,7 @@ struct Run {
     /// The window's last second (inclusive), in the API's zone.
     to: NaiveDateTime,
     sweep: Option<Sweep>,
-    /// The run ended on the sweep of `to`, which a portal that ends `date_to` at the
-    /// second's start or before it did not list whole.
+    /// The run ended on a full page of its last second, not read whole.
     ended_in_last_second: bool,
 }
 
@@ -187,11 +188,13 @@ struct Sweep {
     /// How many orders the listing from this second showed in it, for the first pass;
     /// none for the passes after.
     shown: u64,
+    /// The orders of `from` at the end of the pass before, when it held each place once.
+    before: Option<u64>,
 }
 
 impl Sweep {
-    fn new_pass(quiet_passes: u32) -> Self {
-        Self { page: 1, steady: true, quiet_passes, ..Self::default() }
+    fn new_pass(quiet_passes: u32, before: Option<u64>) -> Self {
+        Self { page: 1, steady: true, quiet_passes, before, ..Self::default() }
     }
 }
 
@@ -277,16 +280,6 @@ impl OrdersApi {
         t.format(TIME_FORMAT).to_string()
     }
 
-    /// The `date_to` of a sweep of `from` in a run up to `to`: the next second, unless
-    /// that is past the window, where orders may still be written.
-    fn sweep_to(&self, to: NaiveDateTime) -> NaiveDateTime {
-        if self.from < to {
-            self.from + TimeDelta::seconds(1)
-        } else {
-            self.from
-        }
-    }
-
     fn position(&self) -> serde_json::Value {
         let seen = super::seen_to_position(&self.seen);
         serde_json::to_value(Position { v: Position::VERSION, from: Self::format(self.from), seen }).expect("a position serialises")
@@ -328,8 +321,15 @@ impl OrdersApi {
             self.from = newest;
             self.seen = at_newest;
         } else if !(holds_all || past_to) {
-            // A whole page at `from`: that second holds more than a page.
-            self.run.as_mut().expect("a run is open").sweep = Some(Sweep { shown, ..Sweep::new_pass(0) });
+            // A whole page at `from`: that second holds more than a page. The window's last
+            // second is not swept: its sweep would list the next, which may still be
+            // written. The run ends on it, and the next run's window reaches past it.
+            let run = self.run.as_mut().expect("a run is open");
+            if self.from >= to {
+                run.ended_in_last_second = true;
+                return (records, true);
+            }
+            run.sweep = Some(Sweep { shown, ..Sweep::new_pass(0, None) });
         }
         (records, holds_all || past_to)
     }
@@ -339,7 +339,6 @@ impl OrdersApi {
         let from = self.from;
         let run = self.run.as_mut().expect("a run is open");
         let mut sweep = run.sweep.take().expect("sweeping");
-        let to = run.to;
         // Asked up to the next second, the listing ends with (some of) that second, sorted
         // after `from`: the pass over `from` ends at its first order past it, and what lies
         // there is published once the walk gets there.
@@ -352,14 +351,12 @@ impl OrdersApi {
         if sweep.page == 1 && (listed.len() as u64) < sweep.shown.max(1) {
             // The listing from `from` showed more orders in that second. Either some
             // changed since (the window page, asked again, will say so), or the server's
-            // `date_to` ends before the second it names: never take that as read.
-            let date_to = self.sweep_to(to);
-            let why = if date_to == from { "orders left it since, or the API's date_to ends before the second it names" } else { "orders left it since" };
+            // `date_to` ends before the one after: never take that as read.
             self.run = None;
             return Err(http::malformed(format!(
-                "date_from={} and date_to={} list fewer orders in that second ({}) than the listing from it showed ({}): {why}; asking again",
+                "date_from={} and date_to={} list fewer orders in that second ({}) than the listing from it showed ({}): orders left it since; asking again",
                 Self::format(from),
-                Self::format(date_to),
+                Self::format(from + TimeDelta::seconds(1)),
                 listed.len(),
                 sweep.shown
             )));
@@ -384,34 +381,38 @@ impl OrdersApi {
             return Ok((records, false));
         }
         let quiet = if sweep.new_in_pass { 0 } else { sweep.quiet_passes + 1 };
-        // Ended at the next second, the pass held every place of `from` in the listing once
-        // if no page before the last was short and no order came twice; the total, which
-        // counts the next second too, then only says that nothing moved.
-        let whole = sweep.steady
-            && match (past, sweep.total) {
-                (Some(_), total) => !sweep.short && sweep.listed.len() as u64 == sweep.at_from && (total.is_some() || !sweep.new_in_pass),
-                (None, Some(total)) => sweep.listed.len() as u64 >= total,
-                (None, None) => !sweep.new_in_pass,
-            };
+        // The pass held every place of `from` in the listing once if no page before the
+        // last was short and no order came twice; its places then number the orders of
+        // `from` at its end (the next order was past it, or the listing ended).
+        let each_place_once = (!sweep.short && sweep.listed.len() as u64 == sweep.at_from).then_some(sweep.at_from);
+        let whole = match (past, sweep.total) {
+            // A steady total says nothing moved during the pass. Ended at the next second,
+            // the total counts that second too.
+            (Some(_), Some(_)) => sweep.steady && each_place_once.is_some(),
+            (None, Some(total)) => sweep.steady && sweep.listed.len() as u64 >= total,
+            // Without a total, a second that is over can only lose orders: a pass that ends
+            // with as many as the pass before ended with saw none move.
+            (_, None) => each_place_once.is_some() && each_place_once == sweep.before,
+        };
         if !(whole || quiet >= QUIET_PASSES) {
             tracing::debug!(second = %Self::format(from), "the second changed during its sweep; sweeping it again");
-            run.sweep = Some(Sweep::new_pass(quiet));
+            run.sweep = Some(Sweep::new_pass(quiet, each_place_once));
             return Ok((records, false));
         }
         if !whole {
-            tracing::warn!(second = %Self::format(from), total = ?sweep.total, listed = sweep.listed.len(), "the API's total promised more orders than its pages list; taking the second as read");
+            tracing::warn!(
+                second = %Self::format(from),
+                total = ?sweep.total,
+                listed = sweep.listed.len(),
+                rows = sweep.at_from,
+                short_pages = sweep.short,
+                "no pass over the second came out whole (a total that changes or promises more than the pages hold, pages shorter than asked, or orders listed twice); taking it as read after {QUIET_PASSES} passes that brought nothing new"
+            );
         }
-        if from >= run.to {
-            // The run's last second, swept to itself (the next may still be written): a
-            // portal whose `date_to` ends at the second's start, or before it, listed part
-            // of it or none. The run ends on it, with what it published there as seen;
-            // the next run's window reaches past it.
-            run.ended_in_last_second = true;
-            return Ok((records, true));
-        }
+        // A second before `to` (the window's last is never swept), so the run goes on.
         self.from = from + TimeDelta::seconds(1);
         self.seen.clear();
-        Ok((records, false))
+        Ok((records, self.from > run.to))
     }
 }
 
@@ -439,7 +440,7 @@ impl Dialect for OrdersApi {
         let per_page = self.cfg.per_page.to_string();
         let (page, to) = match &self.run {
             None => (1, None),
-            Some(Run { sweep: Some(s), to, .. }) => (s.page, Some(self.sweep_to(*to))),
+            Some(Run { sweep: Some(s), .. }) => (s.page, Some(self.from + TimeDelta::seconds(1))),
             Some(Run { to, sweep: None, .. }) => (1, Some(*to + TimeDelta::seconds(1))),
         };
         {
@@ -575,6 +576,8 @@ mod tests {
         /// (all 0 unless `date_to` is `Start`).
         millis: HashMap<u64, i64>,
         date_to: DateTo,
+        /// Whether pages carry `meta.pagination.total`.
+        totals: bool,
     }
 
     /// How a portal reads `date_to`: to the end of the second it names, to its start (it
@@ -646,7 +649,8 @@ mod tests {
             let mut rows: Vec<(i64, u64)> = self.orders.keys().map(|id| (self.kept(*id), *id)).filter(|(t, _)| (from..=to).contains(t)).collect();
             rows.sort_by_key(|(t, id)| (*t, self.place[id]));
             let data: Vec<String> = rows.iter().skip((page - 1) * per_page).take(per_page).map(|(_, id)| doc(*id, self.orders[id])).collect();
-            let body = format!(r#"{{"meta":{{"pagination":{{"page":{page},"per_page":{per_page},"total":{}}}}},"data":[{}]}}"#, rows.len(), data.join(","));
+            let total = if self.totals { format!(r#","total":{}"#, rows.len()) } else { String::new() };
+            let body = format!(r#"{{"meta":{{"pagination":{{"page":{page},"per_page":{per_page}{total}}}}},"data":[{}]}}"#, data.join(","));
             (body.into_bytes(), DateTime::from_timestamp(self.now, 0).unwrap())
         }
     }
@@ -662,18 +666,32 @@ mod tests {
         churning_requests: usize,
         crash_percent: u32,
         date_to: DateTo,
+        totals: bool,
     }
 
     fn cases() -> impl Strategy<Value = Case> {
         let date_to = prop_oneof![Just(DateTo::End), Just(DateTo::Start), Just(DateTo::Before)];
-        (any::<u64>(), 1u32..8, 1usize..10, 0usize..30, 0usize..40, 0usize..60, 0u32..15, date_to).prop_map(
-            |(seed, per_page, cap, initial, bulk, churning_requests, crash_percent, date_to)| Case { seed, per_page, cap, initial, bulk, churning_requests, crash_percent, date_to },
+        (any::<u64>(), 1u32..8, 1usize..10, 0usize..30, 0usize..40, 0usize..60, 0u32..15, date_to, any::<bool>()).prop_map(
+            |(seed, per_page, cap, initial, bulk, churning_requests, crash_percent, date_to, totals)| Case {
+                seed,
+                per_page,
+                cap,
+                initial,
+                bulk,
+                churning_requests,
+                // Without totals a second holding more than a page takes two whole passes
+                // in a row, which crashes every few requests (a sweep starts its pass
+                // again) keep from ever happening.
+                crash_percent: if totals { crash_percent } else { crash_percent / 3 },
+                date_to,
+                totals,
+            },
         )
     }
 
     fn check(case: &Case) -> Result<(), TestCaseError> {
         let mut portal =
-            Portal { rng: StdRng::seed_from_u64(case.seed), now: START, orders: BTreeMap::new(), place: HashMap::new(), next_id: 0, cap: case.cap, millis: HashMap::new(), date_to: case.date_to };
+            Portal { rng: StdRng::seed_from_u64(case.seed), now: START, orders: BTreeMap::new(), place: HashMap::new(), next_id: 0, cap: case.cap, millis: HashMap::new(), date_to: case.date_to, totals: case.totals };
         for _ in 0..case.bulk {
             portal.load(START - 10);
         }
@@ -823,11 +841,11 @@ mod tests {
 
     /// A sweep asks up to the next second, so that a portal whose `date_to` ends at the
     /// start of the second it names, or before it, lists the whole of `from`. Its pass
-    /// ends at the first order past `from`, left for when the walk gets there. The window's last
-    /// second is swept to itself, its next being still open to writes, and the run ends
-    /// on it: the next run's window reaches past it.
+    /// ends at the first order past `from`, left for when the walk gets there. The
+    /// window's last second is not swept (its sweep would list the next, still open to
+    /// writes): the run ends on a full page of it, and the next run's window reaches past.
     #[test]
-    fn a_sweep_asks_up_to_the_next_second_but_not_past_the_window() {
+    fn a_sweep_asks_up_to_the_next_second_and_the_last_second_waits_for_the_next_run() {
         let mut d = fresh(2);
         let (date, s, next) = (at("2025-01-01T10:00:03Z"), "2025-01-01 10:00:00", "2025-01-01 10:00:01");
         d.page(&page_of(&[(1, 1, s), (2, 1, s)], 4), date).unwrap();
@@ -838,25 +856,22 @@ mod tests {
         let end = d.page(&page_of(&[(3, 1, s), (4, 1, next)], 4), date).unwrap();
         assert!(keys(&end) == ["3"] && !end.ends_run, "order 4 is the next second's");
         // The window ends at 10:00:01 (the Date minus settle), asked a second further so
-        // that it is whole however the API reads date_to: that second is the last.
+        // that it is whole however the API reads date_to.
         assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A02&") && query(&*d).contains("page=1&"), "{}", query(&*d));
-        assert_eq!(keys(&d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap()), ["4", "5"]);
-        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A01&"), "swept to itself: {}", query(&*d));
-        assert!(d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap().records.is_empty());
-        let last = d.page(&page_of(&[(6, 1, next)], 3), date).unwrap();
-        assert!(keys(&last) == ["6"] && last.ends_run, "the run ends on its last second");
-        // The next run lists from that second again, skipping what it published there.
+        let last = d.page(&page_of(&[(4, 1, next), (5, 1, next)], 3), date).unwrap();
+        assert!(keys(&last) == ["4", "5"] && last.ends_run && !last.covers_start, "a full page of the last second ends the run");
+        // The next run lists from that second again, skipping what it published there,
+        // and sweeps it now that it is not the last.
         assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&sort"), "{}", query(&*d));
-        let again = d.page(&page_of(&[(4, 1, next), (5, 1, next)], 5), at("2025-01-01T10:00:10Z")).unwrap();
-        assert!(again.records.is_empty() && !again.ends_run);
+        assert!(d.page(&page_of(&[(4, 1, next), (5, 1, next)], 5), at("2025-01-01T10:00:10Z")).unwrap().records.is_empty());
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&date_to=2025-01-01+10%3A00%3A02&"), "{}", query(&*d));
     }
 
     /// `run --once` ends after a run whose window reaches the server's clock at the
-    /// source's first answer. A run that ends on the sweep of its last second covers only
-    /// the seconds before it: an API that ends `date_to` at the second's start, or before
-    /// it, listed that second in part.
+    /// source's first answer. A run that ends on a full page of its last second covers
+    /// only the seconds before it; one that ends on a page holding the rest covers it.
     #[test]
-    fn a_run_ending_on_the_sweep_of_its_last_second_does_not_cover_that_second() {
+    fn a_run_ending_on_a_full_page_of_its_last_second_does_not_cover_that_second() {
         let mut d = fresh(2);
         let s = "2025-01-01 10:00:02";
         // The first answer: the server's clock reads 10:00:02; the window ends at 10:00:00.
@@ -864,15 +879,36 @@ mod tests {
         // Two seconds on, the window reaches 10:00:02, which holds more than a page.
         let later = at("2025-01-01T10:00:04Z");
         assert_eq!(keys(&d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), later).unwrap()), ["1", "2"]);
-        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), later).unwrap();
-        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A02&date_to=2025-01-01+10%3A00%3A02&"), "swept to itself: {}", query(&*d));
-        d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), later).unwrap();
-        let last = d.page(&page_of(&[(3, 1, s)], 3), later).unwrap();
-        assert!(keys(&last) == ["3"] && last.ends_run && !last.covers_start, "ended on its last second, read in part");
-        // A run up to the same second that ends on a page does cover it: its request
-        // reached a second past it.
+        let last = d.page(&page_of(&[(1, 1, s), (2, 1, s)], 3), later).unwrap();
+        assert!(last.ends_run && !last.covers_start, "ended on a full page of its last second");
+        // A run up to the same second that ends on a page holding the rest does cover it.
         let whole = d.page(&page_of(&[(3, 1, s)], 1), later).unwrap();
-        assert!(whole.ends_run && whole.covers_start);
+        assert!(keys(&whole) == ["3"] && whole.ends_run && whole.covers_start);
+    }
+
+    /// Without a `total`, nothing says whether orders moved during a pass: a second is
+    /// read when a pass ends with as many orders of it, each once, as the pass before
+    /// ended with (a second that is over only loses orders, so none left meanwhile).
+    /// Order 1 changes (leaving the second) after the first page of the first pass, so
+    /// that pass misses order 3; the second pass finds it, and ends with the two orders
+    /// the first ended with.
+    #[test]
+    fn without_a_total_a_second_is_read_when_two_passes_in_a_row_agree() {
+        let mut d = fresh(2);
+        let (date, s, next) = (at("2025-01-01T11:00:00Z"), "2025-01-01 10:00:00", "2025-01-01 10:00:01");
+        let page = |orders: &[(u64, u32, &str)]| {
+            let data: Vec<String> = orders.iter().map(|(id, v, at)| format!(r#"{{"id":{id},"version":{v},"updated_at":"{at}"}}"#)).collect();
+            format!(r#"{{"data":[{}]}}"#, data.join(",")).into_bytes()
+        };
+        d.page(&page(&[(1, 1, s), (2, 1, s)]), date).unwrap();
+        d.page(&page(&[(1, 1, s), (2, 1, s)]), date).unwrap();
+        assert!(d.page(&page(&[(1, 1, s), (2, 1, s)]), date).unwrap().records.is_empty());
+        // Order 1 has left: the second page's first place is now the next second's.
+        assert!(d.page(&page(&[(5, 1, next)]), date).unwrap().records.is_empty());
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A00&") && query(&*d).contains("page=1&"), "swept again: {}", query(&*d));
+        assert_eq!(keys(&d.page(&page(&[(2, 1, s), (3, 1, s)]), date).unwrap()), ["3"]);
+        d.page(&page(&[(5, 1, next)]), date).unwrap();
+        assert!(query(&*d).contains("date_from=2025-01-01+10%3A00%3A01&"), "read: {}", query(&*d));
     }
 
     #[test]
