@@ -41,7 +41,7 @@
 //!   read by `updated_at` alone, with the sweep's counts as the only defence.
 //!
 //! The position is `{from, seen}`: the second to read from, as the API writes times, and
-//! the hashes published at it. A crash resumes there; a sweep starts its pass again.
+//! the hashes published at it. A crash resumes there; a sweep starts its passes again.
 
 use std::collections::HashSet;
 use std::str::FromStr;
@@ -68,7 +68,8 @@ const WALK_PARAMETERS: [&str; 9] = ["filter_on", "date_from", "date_to", "update
 const SORT: &str = "updated_at,order_number";
 const SORT_ALONE: &str = "updated_at";
 /// Passes over one second that brought nothing new, after which it counts as read even
-/// when the server's `total` promised more than its pages hold.
+/// when no pass came out whole (a `total` that promises more than the pages hold, pages
+/// shorter than asked, orders listed twice, or orders that kept leaving it).
 const QUIET_PASSES: u32 = 3;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -387,8 +388,9 @@ impl OrdersApi {
         let each_place_once = (!sweep.short && sweep.listed.len() as u64 == sweep.at_from).then_some(sweep.at_from);
         let whole = match (past, sweep.total) {
             // A steady total says nothing moved during the pass. Ended at the next second,
-            // the total counts that second too.
-            (Some(_), Some(_)) => sweep.steady && each_place_once.is_some(),
+            // the total counts that second too, whose orders may leave while `from` stays
+            // as it was: then two passes in a row that agree say so instead (below).
+            (Some(_), Some(_)) => each_place_once.is_some() && (sweep.steady || each_place_once == sweep.before),
             (None, Some(total)) => sweep.steady && sweep.listed.len() as u64 >= total,
             // Without a total, a second that is over can only lose orders: a pass that ends
             // with as many as the pass before ended with saw none move.
@@ -406,7 +408,7 @@ impl OrdersApi {
                 listed = sweep.listed.len(),
                 rows = sweep.at_from,
                 short_pages = sweep.short,
-                "no pass over the second came out whole (a total that changes or promises more than the pages hold, pages shorter than asked, or orders listed twice); taking it as read after {QUIET_PASSES} passes that brought nothing new"
+                "no pass over the second came out whole (orders kept leaving it, a total that promises more than the pages hold, pages shorter than asked, or orders listed twice); taking it as read after {QUIET_PASSES} passes that brought nothing new"
             );
         }
         // A second before `to` (the window's last is never swept), so the run goes on.
@@ -818,8 +820,7 @@ mod tests {
     }
 
     /// A sweep whose first page lists fewer orders in the second than the listing from it
-    /// showed (some changed since, or the API's `date_to` ends before the second it names)
-    /// is not taken as read: the walk does not move past the second and the error says
+    /// showed (some changed since) is not taken as read: the walk does not move past the second and the error says
     /// why, until the sweep lists what the listing from it showed.
     #[test]
     fn a_sweep_listing_fewer_than_its_second_showed_is_not_taken_as_read() {
